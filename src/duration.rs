@@ -1,0 +1,1 @@
+//! Go-style durations (`720h`, `1h30m`, `5s`) as used in Kiln specs.

@@ -1,0 +1,1 @@
+//! Expiry rules shared by Draft and Job (pure).

@@ -1,0 +1,1 @@
+//! The emptyDir workspace: safe paths, atomic writes, limits, archives.
