@@ -1,9 +1,22 @@
 //! Kiln: a Kubernetes operator that gives configuration a lifecycle inside the cluster.
 //!
-//! Data flow: watch (`controller`) → reconcile → compute desired objects (`desired`, pure)
+//! Data flow: watch (`controller`) → reconcile → compute what should exist (pure modules)
 //! → apply (`apply`, server-side apply, only on change) → status.
 
+pub mod api;
+pub mod apply;
+pub mod cli;
+pub mod conditions;
+pub mod controller;
+pub mod crdgen;
 pub mod duration;
+pub mod error;
 pub mod expiry;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod rollback;
+pub mod run;
+pub mod telemetry;
 pub mod validate;
 pub mod workspace;

@@ -1,0 +1,133 @@
+//! The `kiln` command line. Every flag of `run` has a `KILN_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Kiln: configuration with a lifecycle, inside the cluster.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controllers and the HTTP server (API, health, metrics).
+    Run(Box<RunArgs>),
+    /// Print Kiln's CustomResourceDefinitions as YAML (the source of `crds/`).
+    Crds(CrdsArgs),
+    /// Roll a resource back to an earlier revision.
+    #[command(subcommand)]
+    Rollback(RollbackCommand),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Args, Debug)]
+pub struct CrdsArgs {
+    /// Write one file per CRD (`<plural>.<group>.yaml`) into this directory instead of
+    /// printing them all to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RollbackCommand {
+    /// Restore a draft's `spec.config` from one of its published revisions.
+    Draft {
+        /// The draft's name.
+        name: String,
+        /// The revision to restore.
+        #[arg(long)]
+        to_revision: i64,
+        /// The draft's namespace (default: the kubeconfig's).
+        #[arg(short, long, env = "KILN_NAMESPACE")]
+        namespace: Option<String>,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of `kiln run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Namespaces to watch, comma-separated. All namespaces when empty.
+    #[arg(long, env = "KILN_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Where job files and archives live (the pod's emptyDir).
+    #[arg(
+        long,
+        env = "KILN_WORKSPACE_DIR",
+        default_value = "/var/lib/kiln/workspace"
+    )]
+    pub workspace_dir: PathBuf,
+
+    /// The one HTTP listener: file API, health and metrics.
+    #[arg(long, env = "KILN_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// PEM certificate for the HTTP listener. With `--tls-key`, the listener serves TLS.
+    #[arg(long, env = "KILN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for the HTTP listener.
+    #[arg(long, env = "KILN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Elect a leader on a Lease so that two replicas never reconcile at once.
+    #[arg(long, env = "KILN_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "KILN_LEASE_NAME", default_value = "kiln-leader")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "KILN_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// This replica's identity in the Lease (default: the pod name, else hostname + pid).
+    #[arg(long, env = "KILN_POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Largest file a job may hold, in bytes.
+    #[arg(long, env = "KILN_MAX_FILE_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_file_bytes: u64,
+
+    /// Largest total size of one job's files, in bytes.
+    #[arg(long, env = "KILN_MAX_JOB_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_job_bytes: u64,
+
+    /// Most files one job may hold.
+    #[arg(long, env = "KILN_MAX_FILES_PER_JOB", default_value_t = 10_000)]
+    pub max_files_per_job: u64,
+
+    /// Budget of the whole workspace, in bytes.
+    #[arg(long, env = "KILN_MAX_WORKSPACE_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_workspace_bytes: u64,
+
+    /// How long before expiry `ExpiringSoon` appears, as a duration (`1h`). Default: 10% of
+    /// the TTL, at most 24h.
+    #[arg(long, env = "KILN_EXPIRY_WARNING")]
+    pub expiry_warning: Option<String>,
+
+    /// Shortest time between two rollouts of a workload following a ProviderConfig.
+    #[arg(long, env = "KILN_ROLLOUT_DEBOUNCE", default_value = "30s")]
+    pub rollout_debounce: String,
+
+    /// How often every object is reconciled again even without a change.
+    #[arg(long, env = "KILN_RESYNC", default_value = "10m")]
+    pub resync: String,
+}

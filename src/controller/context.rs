@@ -1,0 +1,83 @@
+//! What every reconcile gets: the client, the event recorder, metrics and settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tracing::warn;
+
+use crate::metrics::Metrics;
+
+/// Operator-wide settings derived from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watched namespaces; empty means all.
+    pub namespaces: Vec<String>,
+    /// Every object is reconciled again at least this often.
+    pub resync: Duration,
+}
+
+/// Shared by all reconciles of all controllers.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        settings: Arc<Settings>,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "kiln".into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+        }
+    }
+
+    /// Publishes an Event about `obj`. Events are the audit trail, but failing to write one
+    /// must not fail the reconcile that caused it: the state change already happened.
+    pub async fn event<K>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: impl Into<String>,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(note.into(), 1024)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            warn!(%error, reason, "could not publish an Event");
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}

@@ -1,0 +1,143 @@
+//! The controllers: one kube `Controller` per kind and watched namespace, sharing one client,
+//! one event recorder and one metrics registry.
+//!
+//! Flow of every controller: watch → reconcile (read, decide with pure functions, apply only
+//! what differs) → status → requeue at the next moment that matters (an expiry, a resync).
+
+pub mod context;
+pub mod draft;
+pub mod job;
+pub mod provider_config;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use context::{Context, Settings};
+
+use crate::error::Error;
+
+/// Where a controller watches: all namespaces, or one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Namespace(String),
+}
+
+impl Scope {
+    /// One scope per watched namespace, or `All` when none is given.
+    pub fn from_namespaces(namespaces: &[String]) -> Vec<Scope> {
+        if namespaces.is_empty() {
+            vec![Scope::All]
+        } else {
+            namespaces
+                .iter()
+                .map(|ns| Scope::Namespace(ns.clone()))
+                .collect()
+        }
+    }
+
+    pub fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match self {
+            Scope::All => Api::all(client.clone()),
+            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+/// Caches that must be synced before `/readyz` says ready.
+pub type ReadinessProbe = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A readiness future for a controller's store.
+pub fn store_ready<K>(store: Store<K>) -> ReadinessProbe
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    Box::pin(async move {
+        let _ = store.wait_until_ready().await;
+    })
+}
+
+/// Drives a built controller until shutdown, logging outcomes. Reconcile errors are already
+/// counted and evented by the kind's `error_policy`; here they are only traced.
+pub async fn drive<K, R, E>(
+    name: &'static str,
+    controller: Controller<K>,
+    reconcile: impl FnMut(Arc<K>, Arc<Context>) -> R,
+    error_policy: impl Fn(Arc<K>, &E, Arc<Context>) -> Action,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    R: Future<Output = Result<Action, E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    info!(controller = name, "controller started");
+    controller
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(controller = name, object = %obj, "reconciled"),
+                Err(error) => warn!(controller = name, %error, "reconcile failed"),
+            }
+        })
+        .await;
+    info!(controller = name, "controller stopped");
+}
+
+/// Default watcher configuration: Kiln's own kinds are few and small, so a full watch is fine;
+/// lists are paged so that a large namespace does not arrive as one giant response.
+pub fn watcher_config() -> watcher::Config {
+    watcher::Config::default().page_size(500)
+}
+
+/// Common `error_policy`: count the failure by class and back off.
+pub fn backoff_on_error<K>(
+    controller: &'static str,
+    ctx: &Context,
+    error: &Error,
+    obj: &K,
+) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    ctx.metrics
+        .reconcile_failed(controller, error.metric_label());
+    warn!(controller, object = %ObjectRef::from_obj(obj), %error, "reconcile failed; retrying");
+    Action::requeue(std::time::Duration::from_secs(5))
+}
+
+/// Starts every controller in every scope; returns readiness probes and the join handles.
+pub fn start(
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) -> (Vec<ReadinessProbe>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut probes = Vec::new();
+    let mut tasks = Vec::new();
+    for scope in Scope::from_namespaces(&ctx.settings.namespaces) {
+        for (probe, task) in [
+            draft::start(ctx.clone(), &scope, shutdown.clone()),
+            job::start(ctx.clone(), &scope, shutdown.clone()),
+            provider_config::start(ctx.clone(), &scope, shutdown.clone()),
+        ] {
+            probes.push(probe);
+            tasks.push(task);
+        }
+    }
+    (probes, tasks)
+}

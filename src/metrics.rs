@@ -1,0 +1,164 @@
+//! Prometheus metrics, served on `/metrics`.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub kind: &'static str,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub kind: &'static str,
+    pub reason: &'static str,
+}
+
+/// Every metric Kiln exports. One instance per process, shared by `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ControllerLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    /// Objects per kind and phase, as of their last reconcile.
+    pub objects_by_phase: Family<PhaseLabels, Gauge>,
+    /// Transitions worth counting (`Published`, `DriftCorrected`, `Expired`, …).
+    pub transitions: Family<EventLabels, Counter>,
+    /// Seconds between an object's `expiresAt` and its actual expiry.
+    pub expiry_lag: Family<ControllerLabels, Histogram>,
+    /// Serialises text encoding; the registry itself is immutable after construction.
+    encode_lock: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kiln");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by error class",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            });
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration",
+            reconcile_duration.clone(),
+        );
+        let objects_by_phase = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "objects",
+            "Objects by kind and phase",
+            objects_by_phase.clone(),
+        );
+        let transitions = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "transitions",
+            "Lifecycle transitions by kind and reason",
+            transitions.clone(),
+        );
+        let expiry_lag = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0].into_iter())
+        });
+        registry.register(
+            "expiry_lag_seconds",
+            "Time from expiresAt to the expiry action",
+            expiry_lag.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            objects_by_phase,
+            transitions,
+            expiry_lag,
+            encode_lock: Mutex::new(()),
+        }
+    }
+
+    /// The registry, for subsystems that register their own metrics at startup.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let _guard = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// Counts a reconcile and returns a guard that records its duration when dropped.
+    pub fn reconcile_started(&self, controller: &'static str) -> ReconcileTimer<'_> {
+        self.reconciles
+            .get_or_create(&ControllerLabels { controller })
+            .inc();
+        ReconcileTimer {
+            metrics: self,
+            controller,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn reconcile_failed(&self, controller: &'static str, error: &'static str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { controller, error })
+            .inc();
+    }
+
+    pub fn transition(&self, kind: &'static str, reason: &'static str) {
+        self.transitions
+            .get_or_create(&EventLabels { kind, reason })
+            .inc();
+    }
+}
+
+/// Records the duration of a reconcile when dropped, whichever way it ends.
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    controller: &'static str,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&ControllerLabels {
+                controller: self.controller,
+            })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}

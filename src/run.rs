@@ -1,0 +1,173 @@
+//! `kiln run`: start the HTTP server, win the election, run the controllers, drain on SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures::future::join_all;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::api::{Draft, KilnJob, ProviderConfig};
+use crate::cli::RunArgs;
+use crate::controller::{self, Context, Settings};
+use crate::http::{self, AppState, Health, Tls};
+use crate::leader::{self, Election};
+use crate::metrics::Metrics;
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // TLS for the listener uses the same ring provider that kube's client already links.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API server")?;
+    ensure_crds(&client, &args.namespaces).await?;
+
+    let settings = Arc::new(Settings {
+        namespaces: args.namespaces.clone(),
+        resync: parse_duration("--resync", &args.resync)?,
+    });
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::default();
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+
+    let state = AppState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    let server = tokio::spawn(http::serve(
+        args.http_addr,
+        tls,
+        http::router(state),
+        shutdown.clone(),
+    ));
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(leader::default_identity);
+    let mut election = if args.leader_election {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+            })
+            .unwrap_or_else(|| "default".into());
+        let mut election = Election::start(
+            client.clone(),
+            &args.lease_name,
+            namespace.trim(),
+            &identity,
+        )
+        .await
+        .context("starting leader election")?;
+        info!(%identity, lease = %args.lease_name, "waiting to become leader");
+        tokio::select! {
+            acquired = election.acquired() => if !acquired { anyhow::bail!("leader election stopped") },
+            _ = shutdown.cancelled() => { election.release().await; return drain(server).await; }
+        }
+        info!(%identity, "became leader");
+        Some(election)
+    } else {
+        None
+    };
+    health.set_leader(true);
+
+    let ctx = Arc::new(Context::new(client, metrics, settings, Some(identity)));
+    let (probes, tasks) = controller::start(ctx, shutdown.clone());
+    let synced = health.clone();
+    tokio::spawn(async move {
+        join_all(probes).await;
+        synced.set_caches_synced(true);
+        info!("caches synced; ready");
+    });
+
+    let lost_leadership = async {
+        match election.as_mut() {
+            Some(e) => e.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        _ = lost_leadership => {
+            error!("lost leadership; stopping so that the new leader reconciles alone");
+            Err(anyhow::anyhow!("lost leadership"))
+        }
+    };
+    health.set_leader(false);
+    shutdown.cancel();
+    join_all(tasks).await;
+    if let Some(election) = election {
+        election.release().await;
+    }
+    drain(server).await?;
+    outcome
+}
+
+async fn drain(server: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    server.await.context("HTTP server task")??;
+    info!("shut down cleanly");
+    Ok(())
+}
+
+/// Fails fast, with the fix in the message, when the CRDs are not installed.
+async fn ensure_crds(client: &Client, namespaces: &[String]) -> anyhow::Result<()> {
+    let probe = ListParams::default().limit(1);
+    let ns = namespaces.first();
+    macro_rules! check {
+        ($kind:ty, $plural:literal) => {{
+            let api: Api<$kind> = match ns {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            };
+            api.list_metadata(&probe).await.with_context(|| {
+                format!("listing {}.kiln.dev failed: are Kiln's CRDs installed? (kubectl apply -f crds/)", $plural)
+            })?;
+        }};
+    }
+    check!(Draft, "drafts");
+    check!(KilnJob, "jobs");
+    check!(ProviderConfig, "providerconfigs");
+    Ok(())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received; draining"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received; draining"),
+        }
+        shutdown.cancel();
+    });
+}
+
+fn parse_duration(flag: &str, value: &str) -> anyhow::Result<std::time::Duration> {
+    let d: kube::core::Duration = value
+        .parse()
+        .with_context(|| format!("{flag}: {value:?} is not a duration"))?;
+    if d.is_negative() {
+        anyhow::bail!("{flag}: {value:?} must not be negative");
+    }
+    Ok(d.into())
+}
