@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs Kiln's whole test suite, installing what it needs on a fresh Debian machine:
+# formatting, clippy, unit tests, integration tests against a real control plane (built
+# from source by hack/k8s-binaries.sh and cached outside the repo), the Argo CD health
+# checks, and the Helm chart checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+step() { printf '\n=== %s (%ds)\n' "$*" $((SECONDS - start)) >&2; }
+
+step "system packages"
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v lua5.1 >/dev/null || missing+=(lua5.1)
+command -v unzip >/dev/null || missing+=(unzip)
+command -v zip >/dev/null || missing+=(zip)
+command -v python3 >/dev/null || missing+=(python3)
+command -v flock >/dev/null || missing+=(util-linux)
+command -v go >/dev/null || missing+=(golang-go)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}" >&2
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+
+step "Kubernetes binaries"
+KILN_K8S_BIN=$(hack/k8s-binaries.sh)
+export KILN_K8S_BIN
+echo "using $KILN_K8S_BIN" >&2
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --locked --all-targets -- --test-threads=4
+
+if [ -x hack/test-argocd-health.sh ]; then
+  step "Argo CD health checks (Lua 5.1)"
+  hack/test-argocd-health.sh
+fi
+
+if [ -x hack/test-chart.sh ]; then
+  step "Helm chart"
+  hack/test-chart.sh
+fi
+
+step "all tests passed"

@@ -1,0 +1,361 @@
+//! The integration-test harness: one real control plane (etcd, kube-apiserver,
+//! kube-controller-manager) per test binary, Kiln's CRDs applied with kubectl, a fresh
+//! namespace per test, and Kiln operators started as child processes.
+//!
+//! Nothing is mocked: every behaviour under test is decided by the real API server.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running control plane, shared by every test of one test binary.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub bin: PathBuf,
+}
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+/// The binaries directory, from `KILN_K8S_BIN`. Fails loudly, with the command that builds
+/// them, when it is missing.
+pub fn k8s_bin() -> PathBuf {
+    let dir = std::env::var_os("KILN_K8S_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "KILN_K8S_BIN is not set. The integration tests need real Kubernetes binaries:\n  \
+             export KILN_K8S_BIN=$(hack/k8s-binaries.sh)\n\
+             (the first build takes 10-20 minutes; later runs take a second)"
+        )
+    });
+    for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{} has no {b}: rebuild with `export KILN_K8S_BIN=$(hack/k8s-binaries.sh)`",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// The control plane of this test binary, started on first use with the CRDs applied.
+pub fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE.get_or_init(|| {
+        let bin = k8s_bin();
+        let base = std::env::temp_dir().join("kiln-tests");
+        std::fs::create_dir_all(&base).expect("create the test state directory");
+        let dir = tempfile::Builder::new()
+            .prefix("cp-")
+            .tempdir_in(&base)
+            .expect("create a control-plane directory")
+            .keep();
+        let start = Instant::now();
+        let status = Command::new(repo().join("hack/control-plane.sh"))
+            .arg("start")
+            .arg(&dir)
+            .env("KILN_K8S_BIN", &bin)
+            .status()
+            .expect("run hack/control-plane.sh");
+        assert!(status.success(), "hack/control-plane.sh start {} failed; see its logs in {}/logs", dir.display(), dir.display());
+        spawn_reaper(&dir);
+        eprintln!("control plane up in {:.1}s at {}", start.elapsed().as_secs_f64(), dir.display());
+        let cp = ControlPlane { kubeconfig: dir.join("kubeconfig"), dir, bin };
+        cp.kubectl(&["apply", "--server-side", "-f", repo().join("crds").to_str().unwrap_or("crds")]).success();
+        cp.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd", "drafts.kiln.dev", "jobs.kiln.dev", "providerconfigs.kiln.dev"])
+            .success();
+        cp
+    })
+}
+
+/// Stops the control plane when this test process ends, however it ends (success, a
+/// failed assertion, a panic or a signal): a detached watcher polls our pid.
+fn spawn_reaper(dir: &Path) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; '{cp}' stop '{dir}' >/dev/null 2>&1; rm -rf '{dir}'",
+        pid = std::process::id(),
+        cp = repo().join("hack/control-plane.sh").display(),
+        dir = dir.display(),
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // A new session, so that a Ctrl-C aimed at the test run does not kill the reaper first.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn the control-plane reaper");
+}
+
+/// The outcome of a kubectl run.
+pub struct Output {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub args: String,
+}
+
+impl Output {
+    /// Asserts success and returns stdout.
+    pub fn success(self) -> String {
+        assert!(self.status.success(), "kubectl {} failed:\n{}{}", self.args, self.stdout, self.stderr);
+        self.stdout
+    }
+
+    /// Asserts failure and returns stderr.
+    pub fn failure(self) -> String {
+        assert!(!self.status.success(), "kubectl {} succeeded but should have failed:\n{}", self.args, self.stdout);
+        self.stderr
+    }
+}
+
+impl ControlPlane {
+    /// Runs kubectl as a user would, against this control plane.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Runs kubectl with `input` on stdin (`kubectl apply -f -`).
+    pub fn kubectl_stdin(&self, args: &[&str], input: Option<&str>) -> Output {
+        let mut child = Command::new(self.bin.join("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let Some(input) = input {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write kubectl stdin");
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().expect("wait for kubectl");
+        Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            args: args.join(" "),
+        }
+    }
+
+    /// A kube client with cluster-admin rights.
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig is valid");
+        Client::try_from(config).expect("build client")
+    }
+}
+
+static NAMESPACES: AtomicU32 = AtomicU32::new(0);
+
+/// Creates a fresh namespace for one test: `<prefix>-<pid>-<n>`.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{}-{}", std::process::id(), NAMESPACES.fetch_add(1, Ordering::SeqCst));
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+    name
+}
+
+/// A Kiln operator running as a child process against the test control plane.
+pub struct Operator {
+    child: Option<Child>,
+    pub http_addr: std::net::SocketAddr,
+    pub workspace: PathBuf,
+    pub log: PathBuf,
+    state: tempfile::TempDir,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+}
+
+/// Settings for a test operator.
+pub struct OperatorOptions {
+    /// Watch only these namespaces (tests keep to their own).
+    pub namespaces: Vec<String>,
+    /// Extra flags.
+    pub extra_args: Vec<String>,
+    /// `RUST_LOG`.
+    pub log_level: String,
+}
+
+impl OperatorOptions {
+    pub fn namespace(ns: &str) -> Self {
+        Self { namespaces: vec![ns.to_string()], extra_args: Vec::new(), log_level: "info,kiln=debug".into() }
+    }
+}
+
+/// A free loopback port (the kernel picks it; racy only against other processes binding
+/// ports at the same instant, which tests tolerate).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl Operator {
+    /// Starts `kiln run` and waits until `/readyz` answers 200.
+    pub async fn start(cp: &ControlPlane, options: OperatorOptions) -> Operator {
+        let state = tempfile::tempdir().expect("operator state dir");
+        let workspace = state.path().join("workspace");
+        let http_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let lease = format!("kiln-test-{}", options.namespaces.join("-"));
+        let mut args = vec![
+            "run".to_string(),
+            format!("--http-addr={http_addr}"),
+            format!("--workspace-dir={}", workspace.display()),
+            format!("--lease-name={}", &lease[..lease.len().min(63)]),
+            "--lease-namespace=default".to_string(),
+        ];
+        if !options.namespaces.is_empty() {
+            args.push(format!("--namespaces={}", options.namespaces.join(",")));
+        }
+        args.extend(options.extra_args);
+        let mut op = Operator {
+            child: None,
+            http_addr,
+            workspace,
+            log: state.path().join("kiln.log"),
+            state,
+            args,
+            kubeconfig: cp.kubeconfig.clone(),
+        };
+        op.spawn(&options.log_level);
+        op.wait_ready().await;
+        op
+    }
+
+    fn spawn(&mut self, log_level: &str) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("operator log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", log_level)
+            .env("HOSTNAME", format!("test-{}", std::process::id()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        // The operator must die with the test process, even if a test panics mid-way.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("start kiln run"));
+    }
+
+    /// Waits until `/readyz` returns 200, or fails with the operator's log.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(code) = http_status(self.http_addr, "/readyz").await
+                && code == 200
+            {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("kiln exited with {status} before becoming ready:\n{}", self.logs());
+            }
+            assert!(Instant::now() < deadline, "kiln not ready after 60s:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Everything the operator logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("operator is running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("kiln did not exit within 30s of SIGTERM:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the operator and starts it again with the same settings and workspace.
+    pub async fn restart(&mut self, log_level: &str) {
+        let status = self.terminate();
+        assert!(status.success(), "kiln exited with {status} on SIGTERM:\n{}", self.logs());
+        self.spawn(log_level);
+        self.wait_ready().await;
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// GETs `path` over plain HTTP/1.1 and returns the status code (None if unreachable).
+pub async fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    http_get(addr, path).await.map(|(code, _)| code)
+}
+
+/// A minimal HTTP/1.1 GET over a raw TCP stream, so the harness needs no HTTP client crate.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
