@@ -9,6 +9,7 @@ pub mod cli;
 pub mod conditions;
 pub mod controller;
 pub mod crdgen;
+pub mod desired;
 pub mod duration;
 pub mod error;
 pub mod expiry;

@@ -88,13 +88,18 @@ impl Metrics {
             transitions.clone(),
         );
         let expiry_lag = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0].into_iter())
+            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0])
         });
         registry.register(
             "expiry_lag_seconds",
             "Time from expiresAt to the expiry action",
             expiry_lag.clone(),
         );
+        // Series exist from the start, so dashboards and alerts see zeros, not gaps.
+        for controller in ["draft", "job", "providerconfig"] {
+            drop(reconciles.get_or_create(&ControllerLabels { controller }));
+            drop(reconcile_duration.get_or_create(&ControllerLabels { controller }));
+        }
         Self {
             registry,
             reconciles,
@@ -136,6 +141,32 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ErrorLabels { controller, error })
             .inc();
+    }
+
+    /// Records an expiry: its lag behind `expiresAt` and the transition.
+    pub fn expired(&self, controller: &'static str, kind: &'static str, lag_seconds: f64) {
+        self.expiry_lag
+            .get_or_create(&ControllerLabels { controller })
+            .observe(lag_seconds);
+        self.transition(kind, "Expired");
+    }
+
+    /// Sets the per-phase object counts of `kind` from a fresh snapshot.
+    pub fn set_phase_counts(
+        &self,
+        kind: &'static str,
+        counts: &std::collections::BTreeMap<String, i64>,
+        all_phases: &[&str],
+    ) {
+        for phase in all_phases {
+            let n = counts.get(*phase).copied().unwrap_or(0);
+            self.objects_by_phase
+                .get_or_create(&PhaseLabels {
+                    kind,
+                    phase: (*phase).to_string(),
+                })
+                .set(n);
+        }
     }
 
     pub fn transition(&self, kind: &'static str, reason: &'static str) {

@@ -28,6 +28,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Arc::new(Settings {
         namespaces: args.namespaces.clone(),
         resync: parse_duration("--resync", &args.resync)?,
+        expiry_warning: match &args.expiry_warning {
+            Some(text) => crate::expiry::WarningPolicy::fixed(
+                crate::duration::parse(text)
+                    .with_context(|| format!("--expiry-warning {text:?}"))?,
+            ),
+            None => crate::expiry::WarningPolicy::default(),
+        },
     });
     let metrics = Arc::new(Metrics::new());
     let health = Health::default();

@@ -11,15 +11,32 @@ async fn every_example_applies() {
     let cp = control_plane();
     let ns = namespace(&cp.client().await, "examples").await;
     let examples = support::repo().join("examples");
-    let mut files: Vec<_> = std::fs::read_dir(&examples).expect("examples/").flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&examples)
+        .expect("examples/")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
-    assert!(files.len() >= 3, "examples/ should hold one sample per kind");
+    assert!(
+        files.len() >= 3,
+        "examples/ should hold one sample per kind"
+    );
     for file in files {
-        cp.kubectl(&["apply", "-n", &ns, "-f", file.to_str().expect("utf-8 path")]).success();
+        cp.kubectl(&["apply", "-n", &ns, "-f", file.to_str().expect("utf-8 path")])
+            .success();
     }
-    let listed = cp.kubectl(&["get", "kiln", "-n", &ns, "-o", "name"]).success();
-    for expected in ["draft.kiln.dev/welcome-email", "job.kiln.dev/hello-world", "providerconfig.kiln.dev/openai-main"] {
-        assert!(listed.contains(expected), "`kubectl get kiln` did not list {expected}:\n{listed}");
+    let listed = cp
+        .kubectl(&["get", "kiln", "-n", &ns, "-o", "name"])
+        .success();
+    for expected in [
+        "draft.kiln.dev/welcome-email",
+        "job.kiln.dev/hello-world",
+        "providerconfig.kiln.dev/openai-main",
+    ] {
+        assert!(
+            listed.contains(expected),
+            "`kubectl get kiln` did not list {expected}:\n{listed}"
+        );
     }
 }
 
@@ -32,7 +49,8 @@ struct Invalid {
 
 const DRAFT_HEAD: &str = "apiVersion: kiln.dev/v1alpha1\nkind: Draft\nmetadata:\n  name: bad\n";
 const JOB_HEAD: &str = "apiVersion: kiln.dev/v1alpha1\nkind: Job\nmetadata:\n  name: bad\n";
-const PCFG_HEAD: &str = "apiVersion: kiln.dev/v1alpha1\nkind: ProviderConfig\nmetadata:\n  name: bad\n";
+const PCFG_HEAD: &str =
+    "apiVersion: kiln.dev/v1alpha1\nkind: ProviderConfig\nmetadata:\n  name: bad\n";
 
 fn invalid_objects() -> Vec<Invalid> {
     vec![
@@ -97,7 +115,7 @@ fn invalid_objects() -> Vec<Invalid> {
         Invalid {
             name: "declared file with two sources",
             yaml: Box::leak(
-                format!("{JOB_HEAD}spec:\n  projectName: p\n  files:\n  - path: a\n    content: x\n    template: {{source: y}}\n")
+                format!("{JOB_HEAD}spec:\n  projectName: p\n  files:\n  - path: a\n    content: x\n    template: {{source: hello}}\n")
                     .into_boxed_str(),
             ),
             expect: &["spec.files[0]", "exactly one of content, contentFrom and template"],
@@ -156,34 +174,69 @@ async fn invalid_objects_are_refused_naming_the_field() {
         let out = cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(case.yaml));
         if out.status.success() {
             failures.push(format!("{}: accepted\n{}", case.name, case.yaml));
-            cp.kubectl_stdin(&["delete", "-n", &ns, "-f", "-", "--ignore-not-found"], Some(case.yaml));
+            cp.kubectl_stdin(
+                &["delete", "-n", &ns, "-f", "-", "--ignore-not-found"],
+                Some(case.yaml),
+            );
             continue;
         }
         for word in case.expect {
             if !out.stderr.contains(word) {
-                failures.push(format!("{}: error does not mention {word:?}: {}", case.name, out.stderr.trim()));
+                failures.push(format!(
+                    "{}: error does not mention {word:?}: {}",
+                    case.name,
+                    out.stderr.trim()
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} invalid objects were not refused as expected:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} invalid objects were not refused as expected:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
 async fn immutable_fields_cannot_change() {
     let cp = control_plane();
     let ns = namespace(&cp.client().await, "immutable").await;
-    cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&format!("{DRAFT_HEAD}spec:\n  configType: content\n  config: {{id: x}}\n")))
-        .success();
+    cp.kubectl_stdin(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&format!(
+            "{DRAFT_HEAD}spec:\n  configType: content\n  config: {{id: x}}\n"
+        )),
+    )
+    .success();
     let err = cp
-        .kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&format!("{DRAFT_HEAD}spec:\n  configType: artifact\n  config: {{id: x}}\n")))
+        .kubectl_stdin(
+            &["apply", "-n", &ns, "-f", "-"],
+            Some(&format!(
+                "{DRAFT_HEAD}spec:\n  configType: artifact\n  config: {{id: x}}\n"
+            )),
+        )
         .failure();
-    assert!(err.contains("spec.configType") && err.contains("configType is immutable"), "{err}");
+    assert!(
+        err.contains("spec.configType") && err.contains("configType is immutable"),
+        "{err}"
+    );
 
-    cp.kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&format!("{PCFG_HEAD}spec:\n  providerType: openai\n"))).success();
+    cp.kubectl_stdin(
+        &["apply", "-n", &ns, "-f", "-"],
+        Some(&format!("{PCFG_HEAD}spec:\n  providerType: openai\n")),
+    )
+    .success();
     let err = cp
-        .kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], Some(&format!("{PCFG_HEAD}spec:\n  providerType: anthropic\n")))
+        .kubectl_stdin(
+            &["apply", "-n", &ns, "-f", "-"],
+            Some(&format!("{PCFG_HEAD}spec:\n  providerType: anthropic\n")),
+        )
         .failure();
-    assert!(err.contains("spec.providerType") && err.contains("providerType is immutable"), "{err}");
+    assert!(
+        err.contains("spec.providerType") && err.contains("providerType is immutable"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -197,7 +250,18 @@ async fn selectable_fields_filter_on_the_server() {
         )
         .success();
     }
-    let out = cp.kubectl(&["get", "drafts", "-n", &ns, "--field-selector", "spec.configType=content", "-o", "name"]).success();
+    let out = cp
+        .kubectl(&[
+            "get",
+            "drafts",
+            "-n",
+            &ns,
+            "--field-selector",
+            "spec.configType=content",
+            "-o",
+            "name",
+        ])
+        .success();
     assert_eq!(out.trim(), "draft.kiln.dev/c1");
     for (name, ty) in [("p1", "openai"), ("p2", "anthropic")] {
         cp.kubectl_stdin(
@@ -206,6 +270,17 @@ async fn selectable_fields_filter_on_the_server() {
         )
         .success();
     }
-    let out = cp.kubectl(&["get", "pcfg", "-n", &ns, "--field-selector", "spec.providerType=openai", "-o", "name"]).success();
+    let out = cp
+        .kubectl(&[
+            "get",
+            "pcfg",
+            "-n",
+            &ns,
+            "--field-selector",
+            "spec.providerType=openai",
+            "-o",
+            "name",
+        ])
+        .success();
     assert_eq!(out.trim(), "providerconfig.kiln.dev/p1");
 }

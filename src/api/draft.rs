@@ -1,5 +1,8 @@
 //! `Draft`: a configuration being written (DESIGN.md §1.1).
 
+// kube-derive repeats `type_` across printcolumn attributes, which clippy mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

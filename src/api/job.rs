@@ -2,6 +2,9 @@
 //!
 //! The Rust type is `KilnJob` so that it is never confused with the batch Job.
 
+// kube-derive repeats `type_` across printcolumn attributes, which clippy mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -1,5 +1,8 @@
 //! `ProviderConfig`: an external provider and its credentials (DESIGN.md §1.3).
 
+// kube-derive repeats `type_` across printcolumn attributes, which clippy mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -17,6 +17,8 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Every object is reconciled again at least this often.
     pub resync: Duration,
+    /// When `ExpiringSoon` appears.
+    pub expiry_warning: crate::expiry::WarningPolicy,
 }
 
 /// Shared by all reconciles of all controllers.

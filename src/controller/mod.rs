@@ -7,6 +7,7 @@
 pub mod context;
 pub mod draft;
 pub mod job;
+pub mod lifecycle;
 pub mod provider_config;
 
 use std::fmt::Debug;
@@ -67,8 +68,18 @@ where
     K: Resource + Clone + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
+    // Re-polled on a timer: kube-runtime's readiness signal is a oneshot channel that wakes
+    // only its most recent poller, and the controller's own runner waits on it too.
     Box::pin(async move {
-        let _ = store.wait_until_ready().await;
+        loop {
+            let wait = tokio::time::timeout(
+                std::time::Duration::from_millis(250),
+                store.wait_until_ready(),
+            );
+            if let Ok(Ok(())) = wait.await {
+                return;
+            }
+        }
     })
 }
 

@@ -36,14 +36,21 @@ static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
 /// The binaries directory, from `KILN_K8S_BIN`. Fails loudly, with the command that builds
 /// them, when it is missing.
 pub fn k8s_bin() -> PathBuf {
-    let dir = std::env::var_os("KILN_K8S_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "KILN_K8S_BIN is not set. The integration tests need real Kubernetes binaries:\n  \
+    let dir = std::env::var_os("KILN_K8S_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "KILN_K8S_BIN is not set. The integration tests need real Kubernetes binaries:\n  \
              export KILN_K8S_BIN=$(hack/k8s-binaries.sh)\n\
              (the first build takes 10-20 minutes; later runs take a second)"
-        )
-    });
-    for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"] {
+            )
+        });
+    for b in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kubectl",
+    ] {
         assert!(
             dir.join(b).is_file(),
             "{} has no {b}: rebuild with `export KILN_K8S_BIN=$(hack/k8s-binaries.sh)`",
@@ -71,13 +78,40 @@ pub fn control_plane() -> &'static ControlPlane {
             .env("KILN_K8S_BIN", &bin)
             .status()
             .expect("run hack/control-plane.sh");
-        assert!(status.success(), "hack/control-plane.sh start {} failed; see its logs in {}/logs", dir.display(), dir.display());
+        assert!(
+            status.success(),
+            "hack/control-plane.sh start {} failed; see its logs in {}/logs",
+            dir.display(),
+            dir.display()
+        );
         spawn_reaper(&dir);
-        eprintln!("control plane up in {:.1}s at {}", start.elapsed().as_secs_f64(), dir.display());
-        let cp = ControlPlane { kubeconfig: dir.join("kubeconfig"), dir, bin };
-        cp.kubectl(&["apply", "--server-side", "-f", repo().join("crds").to_str().unwrap_or("crds")]).success();
-        cp.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd", "drafts.kiln.dev", "jobs.kiln.dev", "providerconfigs.kiln.dev"])
-            .success();
+        eprintln!(
+            "control plane up in {:.1}s at {}",
+            start.elapsed().as_secs_f64(),
+            dir.display()
+        );
+        let cp = ControlPlane {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+            bin,
+        };
+        cp.kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            repo().join("crds").to_str().unwrap_or("crds"),
+        ])
+        .success();
+        cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "drafts.kiln.dev",
+            "jobs.kiln.dev",
+            "providerconfigs.kiln.dev",
+        ])
+        .success();
         cp
     })
 }
@@ -92,7 +126,11 @@ fn spawn_reaper(dir: &Path) {
         dir = dir.display(),
     );
     let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // A new session, so that a Ctrl-C aimed at the test run does not kill the reaper first.
     unsafe {
         cmd.pre_exec(|| {
@@ -100,6 +138,8 @@ fn spawn_reaper(dir: &Path) {
             Ok(())
         });
     }
+    // Deliberately not waited for: it must outlive this process to clean up after it.
+    #[allow(clippy::zombie_processes)]
     cmd.spawn().expect("spawn the control-plane reaper");
 }
 
@@ -114,13 +154,24 @@ pub struct Output {
 impl Output {
     /// Asserts success and returns stdout.
     pub fn success(self) -> String {
-        assert!(self.status.success(), "kubectl {} failed:\n{}{}", self.args, self.stdout, self.stderr);
+        assert!(
+            self.status.success(),
+            "kubectl {} failed:\n{}{}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
         self.stdout
     }
 
     /// Asserts failure and returns stderr.
     pub fn failure(self) -> String {
-        assert!(!self.status.success(), "kubectl {} succeeded but should have failed:\n{}", self.args, self.stdout);
+        assert!(
+            !self.status.success(),
+            "kubectl {} succeeded but should have failed:\n{}",
+            self.args,
+            self.stdout
+        );
         self.stderr
     }
 }
@@ -142,7 +193,12 @@ impl ControlPlane {
             .spawn()
             .expect("run kubectl");
         if let Some(input) = input {
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write kubectl stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write kubectl stdin");
         } else {
             drop(child.stdin.take());
         }
@@ -169,9 +225,17 @@ static NAMESPACES: AtomicU32 = AtomicU32::new(0);
 
 /// Creates a fresh namespace for one test: `<prefix>-<pid>-<n>`.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
-    let name = format!("{prefix}-{}-{}", std::process::id(), NAMESPACES.fetch_add(1, Ordering::SeqCst));
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NAMESPACES.fetch_add(1, Ordering::SeqCst)
+    );
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
     name
 }
 
@@ -198,14 +262,21 @@ pub struct OperatorOptions {
 
 impl OperatorOptions {
     pub fn namespace(ns: &str) -> Self {
-        Self { namespaces: vec![ns.to_string()], extra_args: Vec::new(), log_level: "info,kiln=debug".into() }
+        Self {
+            namespaces: vec![ns.to_string()],
+            extra_args: Vec::new(),
+            log_level: "info,kiln=debug".into(),
+        }
     }
 }
 
 /// A free loopback port (the kernel picks it; racy only against other processes binding
 /// ports at the same instant, which tests tolerate).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Operator {
@@ -213,7 +284,8 @@ impl Operator {
     pub async fn start(cp: &ControlPlane, options: OperatorOptions) -> Operator {
         let state = tempfile::tempdir().expect("operator state dir");
         let workspace = state.path().join("workspace");
-        let http_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let http_addr: std::net::SocketAddr =
+            format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let lease = format!("kiln-test-{}", options.namespaces.join("-"));
         let mut args = vec![
             "run".to_string(),
@@ -241,7 +313,11 @@ impl Operator {
     }
 
     fn spawn(&mut self, log_level: &str) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("operator log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("operator log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -272,9 +348,16 @@ impl Operator {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("kiln exited with {status} before becoming ready:\n{}", self.logs());
+                panic!(
+                    "kiln exited with {status} before becoming ready:\n{}",
+                    self.logs()
+                );
             }
-            assert!(Instant::now() < deadline, "kiln not ready after 60s:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "kiln not ready after 60s:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -306,7 +389,11 @@ impl Operator {
     /// Stops the operator and starts it again with the same settings and workspace.
     pub async fn restart(&mut self, log_level: &str) {
         let status = self.terminate();
-        assert!(status.success(), "kiln exited with {status} on SIGTERM:\n{}", self.logs());
+        assert!(
+            status.success(),
+            "kiln exited with {status} on SIGTERM:\n{}",
+            self.logs()
+        );
         self.spawn(log_level);
         self.wait_ready().await;
     }
@@ -340,7 +427,10 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, St
     stream.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((code, body))
 }
 
@@ -355,7 +445,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

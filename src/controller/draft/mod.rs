@@ -1,0 +1,370 @@
+//! The Draft controller (DESIGN.md §1.1): validate → publish → status → expiry.
+//!
+//! Watches: drafts; ConfigMaps as metadata only, mapped back to drafts either by Kiln's
+//! labels and the `kiln.dev/source-draft` annotation (published ConfigMaps, for drift
+//! repair) or by `spec.schemaRef` (so that editing a schema re-validates its drafts).
+
+mod publish;
+mod schema;
+mod status;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::lifecycle::{self, Deleted, Lifecycle, Remembered};
+use super::{Context, ReadinessProbe, Scope, backoff_on_error, drive, store_ready, watcher_config};
+use crate::api::Expiration;
+use crate::api::draft::Draft;
+use crate::apply;
+use crate::desired::draft::{DEFAULT_KEEP_REVISIONS, Publication, Source};
+use crate::desired::labels;
+use crate::error::{Error, Result};
+use crate::expiry::ExpiryState;
+use publish::{Outcome, Publisher};
+use schema::Verdict;
+
+const NAME: &str = "draft";
+const KIND: &str = "Draft";
+/// Kiln's default `retention`.
+pub const DEFAULT_RETENTION: &str = "720h";
+
+pub fn start(
+    ctx: Arc<Context>,
+    scope: &Scope,
+    shutdown: CancellationToken,
+) -> (ReadinessProbe, tokio::task::JoinHandle<()>) {
+    let controller = Controller::new(scope.api::<Draft>(&ctx.client), watcher_config());
+    let store = controller.store();
+    let probe = store_ready(store.clone());
+    // Metadata only: Kiln needs a ConfigMap's name, labels and annotations to route the
+    // change, never its data, so the cache stays small however many ConfigMaps exist.
+    let controller = controller.watches(
+        scope.api::<PartialObjectMeta<ConfigMap>>(&ctx.client),
+        watcher::Config::default().page_size(500),
+        move |cm| drafts_for_configmap(&store, &cm),
+    );
+    let task = tokio::spawn(drive(
+        NAME,
+        controller,
+        reconcile,
+        error_policy,
+        ctx,
+        shutdown,
+    ));
+    (probe, task)
+}
+
+/// The drafts a ConfigMap change concerns: the draft that published it, or the drafts whose
+/// `schemaRef` names it.
+fn drafts_for_configmap(
+    store: &Store<Draft>,
+    cm: &PartialObjectMeta<ConfigMap>,
+) -> Vec<ObjectRef<Draft>> {
+    let Some(ns) = cm.namespace() else {
+        return Vec::new();
+    };
+    if labels::managed_by_kiln(cm.metadata.labels.as_ref())
+        && cm.labels().contains_key(labels::ROLE)
+    {
+        return cm
+            .annotations()
+            .get(labels::SOURCE_DRAFT)
+            .map(|draft| vec![ObjectRef::new(draft).within(&ns)])
+            .unwrap_or_default();
+    }
+    let name = cm.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|d| d.spec.schema_ref.as_ref().is_some_and(|r| r.name == name))
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect()
+}
+
+#[tracing::instrument(skip_all, fields(namespace = draft.namespace().unwrap_or_default(), name = draft.name_any()))]
+async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(NAME);
+    if draft.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = draft
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let uid = draft.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let drafts: Api<Draft> = Api::namespaced(ctx.client.clone(), &ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let now = Timestamp::now();
+    let current = draft.status.clone().unwrap_or_default();
+
+    let life = lifecycle::compute(
+        &draft.metadata,
+        draft.spec.retention.as_deref(),
+        DEFAULT_RETENTION,
+        draft.spec.expiration,
+        true,
+        Remembered {
+            ttl_start: current.ttl_start_time.as_ref(),
+            observed_renew: current.observed_renew.as_deref(),
+            observed_generation: current.observed_generation,
+        },
+        &ctx.settings.expiry_warning,
+        now,
+    );
+    let life = match life {
+        Ok(life) => life,
+        Err(message) => {
+            let desired = status::bad_retention(&draft, &current, &message, now);
+            write_status(&drafts, &draft, desired).await?;
+            return Ok(Action::requeue(ctx.settings.resync));
+        }
+    };
+
+    if life.state == ExpiryState::Expired {
+        return expire(&ctx, &drafts, &draft, &current, &life, now).await;
+    }
+
+    let verdict = schema::check(&configmaps, &draft.spec).await?;
+    let outcome = match (&verdict, &draft.spec.publish) {
+        (Verdict::Valid, Some(publish)) => {
+            let publication = Publication::new(
+                &publish.config_id,
+                draft.spec.config_type,
+                &draft.spec.config,
+            );
+            let publisher = Publisher {
+                configmaps: &configmaps,
+                drafts: &drafts,
+                namespace: &ns,
+                source: Source {
+                    name: draft.name_any(),
+                    uid,
+                },
+            };
+            let keep = publish.keep_revisions.unwrap_or(DEFAULT_KEEP_REVISIONS);
+            let outcome = publisher
+                .sync(&publication, current.published.as_ref(), keep)
+                .await?;
+            Some((publication, outcome))
+        }
+        _ => None,
+    };
+
+    let desired = status::build(&draft, &current, &verdict, outcome.as_ref(), &life, now);
+    announce(
+        &ctx,
+        &draft,
+        &current,
+        &desired,
+        outcome.as_ref().map(|(_, o)| o),
+        &verdict,
+    )
+    .await;
+    write_status(&drafts, &draft, desired).await?;
+    Ok(Action::requeue(
+        life.requeue_after(now, ctx.settings.resync),
+    ))
+}
+
+async fn write_status(
+    drafts: &Api<Draft>,
+    draft: &Draft,
+    desired: crate::api::DraftStatus,
+) -> Result<()> {
+    apply::status(
+        drafts,
+        &draft.name_any(),
+        apply::managers::DRAFT,
+        draft.status.as_ref(),
+        &desired,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The retention ran out: delete the draft (if nothing changed since it was read), or
+/// keep it marked `Expired`. Published ConfigMaps are never owned by a draft: they stay.
+async fn expire(
+    ctx: &Context,
+    drafts: &Api<Draft>,
+    draft: &Draft,
+    current: &crate::api::DraftStatus,
+    life: &Lifecycle,
+    now: Timestamp,
+) -> Result<Action> {
+    match life.expiration {
+        Expiration::Delete => match lifecycle::delete_if_unchanged(drafts, draft).await? {
+            Deleted::Yes => {
+                ctx.metrics.expired(NAME, KIND, life.lag_seconds(now));
+                ctx.event(
+                    draft,
+                    EventType::Normal,
+                    "Expired",
+                    "Delete",
+                    format!("retention {} ran out; draft deleted", life.ttl_text),
+                )
+                .await;
+                info!(lag = life.lag_seconds(now), "expired draft deleted");
+                Ok(Action::await_change())
+            }
+            Deleted::RacedWithAnEdit => Ok(Action::requeue(std::time::Duration::from_millis(200))),
+        },
+        Expiration::MarkExpired => {
+            let desired = status::expired(draft, current, life, now);
+            if !crate::conditions::is_true(
+                &current.conditions,
+                crate::api::conditions::types::EXPIRED,
+            ) {
+                ctx.metrics.expired(NAME, KIND, life.lag_seconds(now));
+                ctx.event(
+                    draft,
+                    EventType::Normal,
+                    "Expired",
+                    "MarkExpired",
+                    format!(
+                        "retention {} ran out; draft kept and marked Expired",
+                        life.ttl_text
+                    ),
+                )
+                .await;
+            }
+            write_status(drafts, draft, desired).await?;
+            Ok(Action::requeue(ctx.settings.resync))
+        }
+    }
+}
+
+/// Events for every transition: they are the audit trail.
+async fn announce(
+    ctx: &Context,
+    draft: &Draft,
+    old: &crate::api::DraftStatus,
+    new: &crate::api::DraftStatus,
+    outcome: Option<&Outcome>,
+    verdict: &Verdict,
+) {
+    use crate::api::conditions::types::{EXPIRING_SOON, VALIDATED};
+    use crate::conditions::find;
+    let changed = |t: &str| {
+        let (a, b) = (find(&old.conditions, t), find(&new.conditions, t));
+        a.map(|c| (&c.status, &c.reason)) != b.map(|c| (&c.status, &c.reason))
+    };
+    if changed(VALIDATED) || old.validation_errors != new.validation_errors {
+        match verdict {
+            Verdict::Valid => {
+                ctx.event(
+                    draft,
+                    EventType::Normal,
+                    "Validated",
+                    "Validate",
+                    "config is valid",
+                )
+                .await
+            }
+            Verdict::Violations(issues) => {
+                ctx.metrics.transition(KIND, "ValidationFailed");
+                let first = issues
+                    .iter()
+                    .take(3)
+                    .map(|i| format!("{}: {}", i.path, i.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                ctx.event(
+                    draft,
+                    EventType::Warning,
+                    "ValidationFailed",
+                    "Validate",
+                    format!("{} schema violation(s): {first}", issues.len()),
+                )
+                .await
+            }
+            Verdict::BrokenSchema { reason, message } => {
+                ctx.event(
+                    draft,
+                    EventType::Warning,
+                    reason,
+                    "Validate",
+                    message.clone(),
+                )
+                .await
+            }
+        }
+    }
+    match outcome {
+        Some(Outcome::NewRevision { revision, pruned }) => {
+            ctx.metrics.transition(KIND, "Published");
+            let pruned = if pruned.is_empty() {
+                String::new()
+            } else {
+                format!("; pruned revisions {pruned:?}")
+            };
+            ctx.event(
+                draft,
+                EventType::Normal,
+                "Published",
+                "Publish",
+                format!("published revision {revision}{pruned}"),
+            )
+            .await;
+        }
+        Some(Outcome::DriftCorrected { revision, what }) => {
+            ctx.metrics.transition(KIND, "DriftCorrected");
+            ctx.event(
+                draft,
+                EventType::Warning,
+                "DriftCorrected",
+                "Publish",
+                format!("published ConfigMap was {what} by hand; restored revision {revision}"),
+            )
+            .await;
+        }
+        Some(Outcome::NameConflict) if changed(crate::api::conditions::types::PUBLISHED) => {
+            ctx.event(draft, EventType::Warning, "NameConflict", "Publish", "a ConfigMap of the published name exists and is not managed by Kiln; it is left untouched").await;
+        }
+        Some(Outcome::ConfigIdInUse { holder })
+            if changed(crate::api::conditions::types::PUBLISHED) =>
+        {
+            ctx.event(
+                draft,
+                EventType::Warning,
+                "ConfigIdInUse",
+                "Publish",
+                format!("configId is published by draft {holder}"),
+            )
+            .await;
+        }
+        _ => {}
+    }
+    if changed(EXPIRING_SOON) && crate::conditions::is_true(&new.conditions, EXPIRING_SOON) {
+        ctx.metrics.transition(KIND, "ExpiringSoon");
+        let at = new
+            .expires_at
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        ctx.event(
+            draft,
+            EventType::Warning,
+            "ExpiringSoon",
+            "Expire",
+            format!(
+                "draft expires at {at}; edit it or set the kiln.dev/renew annotation to keep it"
+            ),
+        )
+        .await;
+    }
+}
+
+fn error_policy(draft: Arc<Draft>, error: &Error, ctx: Arc<Context>) -> Action {
+    backoff_on_error(NAME, &ctx, error, draft.as_ref())
+}
