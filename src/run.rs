@@ -35,6 +35,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ),
             None => crate::expiry::WarningPolicy::default(),
         },
+        rollout_debounce: parse_duration("--rollout-debounce", &args.rollout_debounce)?,
+        workspace_dir: args.workspace_dir.clone(),
     });
     let metrics = Arc::new(Metrics::new());
     let health = Health::default();

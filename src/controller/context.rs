@@ -19,6 +19,10 @@ pub struct Settings {
     pub resync: Duration,
     /// When `ExpiringSoon` appears.
     pub expiry_warning: crate::expiry::WarningPolicy,
+    /// Shortest time between two rollouts of a workload following a ProviderConfig.
+    pub rollout_debounce: Duration,
+    /// Root of the job workspace (the pod's emptyDir).
+    pub workspace_dir: std::path::PathBuf,
 }
 
 /// Shared by all reconciles of all controllers.
