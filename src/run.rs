@@ -38,6 +38,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         rollout_debounce: parse_duration("--rollout-debounce", &args.rollout_debounce)?,
         workspace_dir: args.workspace_dir.clone(),
     });
+    let limits = crate::workspace::Limits {
+        max_file_bytes: args.max_file_bytes,
+        max_job_bytes: args.max_job_bytes,
+        max_files_per_job: args.max_files_per_job,
+        max_workspace_bytes: args.max_workspace_bytes,
+    };
+    let workspace = Arc::new(
+        crate::workspace::Workspace::open(&args.workspace_dir, limits)
+            .with_context(|| format!("opening the workspace {}", args.workspace_dir.display()))?,
+    );
+    let job_nudge = crate::controller::nudge::Nudge::default();
     let metrics = Arc::new(Metrics::new());
     let health = Health::default();
     let shutdown = CancellationToken::new();
@@ -94,7 +105,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     health.set_leader(true);
 
-    let ctx = Arc::new(Context::new(client, metrics, settings, Some(identity)));
+    let ctx = Arc::new(Context::new(
+        client,
+        metrics,
+        settings,
+        Some(identity),
+        workspace,
+        job_nudge,
+    ));
     let (probes, tasks) = controller::start(ctx, shutdown.clone());
     let synced = health.clone();
     tokio::spawn(async move {

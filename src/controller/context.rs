@@ -28,6 +28,10 @@ pub struct Settings {
 /// Shared by all reconciles of all controllers.
 pub struct Context {
     pub client: Client,
+    /// The job workspace (the pod's emptyDir), shared with the HTTP file API.
+    pub workspace: std::sync::Arc<crate::workspace::Workspace>,
+    /// Reconcile requests for jobs, sent by the HTTP file API after a write.
+    pub job_nudge: super::nudge::Nudge<crate::api::KilnJob>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
@@ -39,6 +43,8 @@ impl Context {
         metrics: Arc<Metrics>,
         settings: Arc<Settings>,
         instance: Option<String>,
+        workspace: Arc<crate::workspace::Workspace>,
+        job_nudge: super::nudge::Nudge<crate::api::KilnJob>,
     ) -> Self {
         let reporter = Reporter {
             controller: "kiln".into(),
@@ -47,6 +53,8 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            workspace,
+            job_nudge,
             metrics,
             settings,
         }

@@ -8,6 +8,7 @@ pub mod context;
 pub mod draft;
 pub mod job;
 pub mod lifecycle;
+pub mod nudge;
 pub mod provider_config;
 
 use std::fmt::Debug;

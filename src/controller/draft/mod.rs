@@ -35,6 +35,10 @@ use schema::Verdict;
 
 const NAME: &str = "draft";
 const KIND: &str = "Draft";
+/// How often a draft waiting for a contested configId checks whether its holder is gone.
+const CONTESTED_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+/// How soon a reconcile that found its cached copy stale runs again.
+const STALE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 /// Kiln's default `retention`.
 pub const DEFAULT_RETENTION: &str = "720h";
 
@@ -142,7 +146,7 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>) -> Result<Action> {
                 draft.spec.config_type,
                 &draft.spec.config,
             );
-            let publisher = Publisher {
+            let mut publisher = Publisher {
                 configmaps: &configmaps,
                 drafts: &drafts,
                 namespace: &ns,
@@ -150,11 +154,20 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>) -> Result<Action> {
                     name: draft.name_any(),
                     uid,
                 },
+                adopt_newer: false,
             };
             let keep = publish.keep_revisions.unwrap_or(DEFAULT_KEEP_REVISIONS);
-            let outcome = publisher
-                .sync(&publication, current.published.as_ref(), keep)
-                .await?;
+            let previous = current.published.as_ref();
+            let mut outcome = publisher.sync(&publication, previous, keep).await?;
+            if outcome == Outcome::AheadOfStatus {
+                if is_stale(&drafts, &draft).await? {
+                    // Kiln's own last write has not reached the cache yet; acting on this
+                    // copy would write an older status over the newer one.
+                    return Ok(Action::requeue(STALE_RETRY));
+                }
+                publisher.adopt_newer = true;
+                outcome = publisher.sync(&publication, previous, keep).await?;
+            }
             Some((publication, outcome))
         }
         _ => None,
@@ -171,9 +184,25 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>) -> Result<Action> {
     )
     .await;
     write_status(&drafts, &draft, desired).await?;
-    Ok(Action::requeue(
-        life.requeue_after(now, ctx.settings.resync),
-    ))
+    // The holder of a contested configId may go away (deleted, expired) without anything
+    // this draft watches changing: look again soon, not only at the next resync.
+    let resync = match outcome {
+        Some((_, Outcome::ConfigIdInUse { .. })) => ctx.settings.resync.min(CONTESTED_RECHECK),
+        _ => ctx.settings.resync,
+    };
+    Ok(Action::requeue(life.requeue_after(now, resync)))
+}
+
+/// Whether the API server holds a newer version of `draft` than the cache gave us.
+async fn is_stale(drafts: &Api<Draft>, draft: &Draft) -> Result<bool> {
+    let fresh = drafts
+        .get_metadata_opt(&draft.name_any())
+        .await
+        .map_err(|source| Error::Kube {
+            action: "reading draft metadata".into(),
+            source,
+        })?;
+    Ok(fresh.is_some_and(|f| f.resource_version() != draft.resource_version()))
 }
 
 async fn write_status(

@@ -25,6 +25,10 @@ pub enum Outcome {
     NameConflict,
     /// Another live draft holds this configId.
     ConfigIdInUse { holder: String },
+    /// The ConfigMap records a newer revision of this draft than its status: the status was
+    /// read from a cache that has not seen Kiln's last write yet (or was lost). The caller
+    /// checks which; if the status really is behind, the revision is adopted as published.
+    AheadOfStatus,
 }
 
 pub struct Publisher<'a> {
@@ -32,6 +36,9 @@ pub struct Publisher<'a> {
     pub drafts: &'a Api<Draft>,
     pub namespace: &'a str,
     pub source: Source,
+    /// Accept a ConfigMap revision newer than the status knows (after checking the status
+    /// is current, not stale).
+    pub adopt_newer: bool,
 }
 
 impl Publisher<'_> {
@@ -73,8 +80,13 @@ impl Publisher<'_> {
                 })
             }
             Holder::Free => self.publish_new(publication, last + 1, keep).await,
+            Holder::This { revision, .. } if revision > last && !self.adopt_newer => {
+                Ok(Outcome::AheadOfStatus)
+            }
             Holder::This { revision, hash } => {
-                let cm = existing.as_ref().expect("holder This implies a ConfigMap");
+                let Some(cm) = existing.as_ref() else {
+                    return Ok(Outcome::Unchanged { revision });
+                };
                 if hash.as_deref() == Some(publication.hash.as_str()) || republish_previous {
                     let at = if republish_previous { last } else { revision };
                     if publication.matches(cm, &self.source, at) {

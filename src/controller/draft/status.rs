@@ -195,6 +195,8 @@ fn published_condition(
                 ),
             )
         }
+        // Resolved by the reconcile before the status is built; kept total for safety.
+        Outcome::AheadOfStatus => Desired::new(PUBLISHED, true, "Published", "published"),
         Outcome::NameConflict => Desired::new(
             PUBLISHED,
             false,
