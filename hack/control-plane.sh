@@ -394,7 +394,7 @@ start() {
   # nothing (no port to pick, no serving cert); we judge it by its work instead.
   launch kube-controller-manager "$bin/kube-controller-manager" \
     --kubeconfig="$dir/kubeconfig" \
-    --controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller \
+    --controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller \
     --leader-elect=false \
     --bind-address=127.0.0.1 \
     --secure-port=0 \

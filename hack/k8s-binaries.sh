@@ -14,7 +14,9 @@ hack=$(cd "$(dirname "$0")" && pwd)
 k8s_version=$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$hack/k8s/go.mod")
 etcd_version=$(awk '$1 == "go.etcd.io/etcd/server/v3" && $2 ~ /^v/ {print $2; exit}' "$hack/k8s/go.mod")
 helm_version=$(awk '$1 == "helm.sh/helm/v3" {print $2; exit}' "$hack/helm/go.mod")
-key=$(cat "$hack/k8s/go.mod" "$hack/k8s/go.sum" "$hack/helm/go.mod" "$hack/helm/go.sum" \
+# Bump when the build recipe (flags) changes, so caches built the old way are not reused.
+recipe=2
+key=$( (echo "recipe $recipe"; cat "$hack/k8s/go.mod" "$hack/k8s/go.sum" "$hack/helm/go.mod" "$hack/helm/go.sum") \
   | sha256sum | cut -c1-12)
 cache=${KILN_CACHE:-$HOME/.cache/kiln}
 out="$cache/k8s-${k8s_version}-etcd-${etcd_version}-helm-${helm_version}-${key}"
@@ -68,7 +70,10 @@ build k8s kubectl k8s.io/kubernetes/cmd/kubectl "$ldflags"
 build k8s etcd go.etcd.io/etcd/server/v3 \
   "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${etcd_version}"
 helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=${helm_version}"
-helm_ldflags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${minor}"
+# Helm's idea of the cluster version when it cannot ask one (`helm template`, lint).
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=${minor}"
+done
 build helm helm helm.sh/helm/v3/cmd/helm "$helm_ldflags"
 
 complete
