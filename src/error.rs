@@ -19,6 +19,9 @@ pub enum Error {
     /// Filesystem work in the workspace failed.
     #[error("workspace: {0}")]
     Workspace(String),
+    /// Adding or removing a finalizer, or the work it guards, failed.
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -29,6 +32,7 @@ impl Error {
             Error::MissingObjectKey(_) => "missing_key",
             Error::Serialization(_) => "serialization",
             Error::Workspace(_) => "workspace",
+            Error::Finalizer(_) => "finalizer",
         }
     }
 }

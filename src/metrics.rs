@@ -33,6 +33,22 @@ pub struct EventLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+}
+
+/// ProviderConfig phases, as exported in `kiln_objects{kind="ProviderConfig"}`.
+pub const PROVIDER_CONFIG_PHASES: [&str; 3] = ["Pending", "Ready", "Degraded"];
+
+/// What one ProviderConfig controller (one per watched namespace) last counted.
+#[derive(Clone, Debug, Default)]
+pub struct ProviderConfigTally {
+    pub phases: std::collections::BTreeMap<String, i64>,
+    pub default_conflicts: i64,
+}
+
 /// Every metric Kiln exports. One instance per process, shared by `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -45,6 +61,18 @@ pub struct Metrics {
     pub transitions: Family<EventLabels, Counter>,
     /// Seconds between an object's `expiresAt` and its actual expiry.
     pub expiry_lag: Family<ControllerLabels, Histogram>,
+    /// ProviderConfig API keys whose value changed (by fingerprint).
+    pub provider_key_rotations: Counter,
+    /// Workloads rolled out because a followed ProviderConfig's credentials changed.
+    pub provider_rollouts: Family<WorkloadLabels, Counter>,
+    /// ProviderConfigs that claim the default of their type and are not the effective one.
+    pub provider_default_conflicts: Gauge,
+    /// Per-scope ProviderConfig tallies, summed into the gauges (each watched namespace has
+    /// its own controller and store; one must not overwrite another's count).
+    provider_tallies: Mutex<std::collections::BTreeMap<String, ProviderConfigTally>>,
+    /// Archive builds: duration and bytes written.
+    pub archive_duration: Histogram,
+    pub archive_bytes: Counter,
     /// Serialises text encoding; the registry itself is immutable after construction.
     encode_lock: Mutex<()>,
 }
@@ -95,12 +123,44 @@ impl Metrics {
             "Time from expiresAt to the expiry action",
             expiry_lag.clone(),
         );
+        let provider_key_rotations = Counter::default();
+        registry.register(
+            "provider_key_rotations",
+            "ProviderConfig API keys whose value changed",
+            provider_key_rotations.clone(),
+        );
+        let provider_rollouts = Family::<WorkloadLabels, Counter>::default();
+        registry.register(
+            "provider_rollouts",
+            "Workloads rolled out because a followed ProviderConfig's credentials changed",
+            provider_rollouts.clone(),
+        );
+        let provider_default_conflicts = Gauge::default();
+        registry.register(
+            "provider_default_conflicts",
+            "ProviderConfigs claiming the default of their type that are not the effective default",
+            provider_default_conflicts.clone(),
+        );
         // Series exist from the start, so dashboards and alerts see zeros, not gaps.
         for controller in ["draft", "job", "providerconfig"] {
             drop(reconciles.get_or_create(&ControllerLabels { controller }));
             drop(reconcile_duration.get_or_create(&ControllerLabels { controller }));
         }
+        let archive_duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "archive_build_duration_seconds",
+            "Time to build a job's archive",
+            archive_duration.clone(),
+        );
+        let archive_bytes = Counter::default();
+        registry.register(
+            "archive_bytes",
+            "Bytes of archives built",
+            archive_bytes.clone(),
+        );
         Self {
+            archive_duration,
+            archive_bytes,
             registry,
             reconciles,
             reconcile_errors,
@@ -108,6 +168,10 @@ impl Metrics {
             objects_by_phase,
             transitions,
             expiry_lag,
+            provider_key_rotations,
+            provider_rollouts,
+            provider_default_conflicts,
+            provider_tallies: Mutex::new(Default::default()),
             encode_lock: Mutex::new(()),
         }
     }
@@ -143,6 +207,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Records an archive build.
+    pub fn archive_built(&self, seconds: f64, bytes: u64) {
+        self.archive_duration.observe(seconds);
+        self.archive_bytes.inc_by(bytes);
+    }
+
     /// Records an expiry: its lag behind `expiresAt` and the transition.
     pub fn expired(&self, controller: &'static str, kind: &'static str, lag_seconds: f64) {
         self.expiry_lag
@@ -173,6 +243,34 @@ impl Metrics {
         self.transitions
             .get_or_create(&EventLabels { kind, reason })
             .inc();
+    }
+
+    /// Records one workload rolled out for a ProviderConfig.
+    pub fn provider_rollout(&self, kind: &str) {
+        self.provider_rollouts
+            .get_or_create(&WorkloadLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Replaces `scope`'s ProviderConfig tally and refreshes the summed gauges.
+    pub fn set_provider_config_tally(&self, scope: &str, tally: ProviderConfigTally) {
+        let mut tallies = self
+            .provider_tallies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        tallies.insert(scope.to_string(), tally);
+        let mut phases = std::collections::BTreeMap::new();
+        let mut conflicts = 0;
+        for t in tallies.values() {
+            for (phase, n) in &t.phases {
+                *phases.entry(phase.clone()).or_insert(0) += n;
+            }
+            conflicts += t.default_conflicts;
+        }
+        self.set_phase_counts("ProviderConfig", &phases, &PROVIDER_CONFIG_PHASES);
+        self.provider_default_conflicts.set(conflicts);
     }
 }
 

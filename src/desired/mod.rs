@@ -2,7 +2,9 @@
 //! labels and annotations. No client calls here; the controllers apply what these return.
 
 pub mod draft;
+pub mod job;
 pub mod labels;
+pub mod provider_config;
 
 use sha2::{Digest, Sha256};
 

@@ -1,0 +1,413 @@
+//! The Job controller (DESIGN.md §1.2): workspace → declared files → plan → archive →
+//! status → expiry, with a finalizer that removes the job's files when it is deleted.
+//!
+//! Besides its own watch, it reconciles on nudges from the HTTP file API, so that a write
+//! shows in `status` at once without Kiln writing anything to the API server for it.
+
+mod declared;
+mod status;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::lifecycle::{self, Deleted, Lifecycle, Remembered};
+use super::{Context, ReadinessProbe, Scope, backoff_on_error, drive, store_ready, watcher_config};
+use crate::api::Expiration;
+use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus};
+use crate::apply;
+use crate::desired::job::{PLAN_FILE, download_path, missing_files, plan_json, planned_paths};
+use crate::error::{Error, Result};
+use crate::expiry::ExpiryState;
+use crate::workspace::{JobKey, JobPath, Workspace};
+use declared::{Problem, Sources};
+use status::Observed;
+
+const NAME: &str = "job";
+const KIND: &str = "Job";
+/// Kiln's default `ttl`.
+pub const DEFAULT_TTL: &str = "48h";
+/// Removes the job's files and archive before the Job object goes away.
+pub const FINALIZER: &str = "kiln.dev/workspace";
+/// How soon a job waiting for a referenced ConfigMap or Secret looks again.
+const SOURCE_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+
+pub fn start(
+    ctx: Arc<Context>,
+    scope: &Scope,
+    shutdown: CancellationToken,
+) -> (ReadinessProbe, tokio::task::JoinHandle<()>) {
+    let controller = Controller::new(scope.api::<KilnJob>(&ctx.client), watcher_config())
+        .reconcile_on(ctx.job_nudge.subscribe());
+    let probe = store_ready(controller.store());
+    let task = tokio::spawn(drive(
+        NAME,
+        controller,
+        reconcile,
+        error_policy,
+        ctx,
+        shutdown,
+    ));
+    (probe, task)
+}
+
+#[tracing::instrument(skip_all, fields(namespace = job.namespace().unwrap_or_default(), name = job.name_any()))]
+async fn reconcile(job: Arc<KilnJob>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(NAME);
+    let ns = job
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let jobs: Api<KilnJob> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&jobs, FINALIZER, job, |event| async {
+        match event {
+            Finalizer::Apply(job) => apply(&job, &ctx, &jobs).await,
+            Finalizer::Cleanup(job) => cleanup(&job, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn job_key(job: &KilnJob) -> Result<JobKey> {
+    let ns = job
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    JobKey::new(ns, uid).map_err(|e| Error::Workspace(e.to_string()))
+}
+
+/// Runs blocking workspace I/O off the async runtime.
+async fn blocking<T: Send + 'static>(
+    ws: &Arc<Workspace>,
+    f: impl FnOnce(&Workspace) -> crate::workspace::Result<T> + Send + 'static,
+) -> Result<T> {
+    let ws = ws.clone();
+    tokio::task::spawn_blocking(move || f(&ws))
+        .await
+        .map_err(|e| Error::Workspace(format!("workspace task failed: {e}")))?
+        .map_err(|e| Error::Workspace(e.to_string()))
+}
+
+async fn cleanup(job: &KilnJob, ctx: &Context) -> Result<Action> {
+    let key = job_key(job)?;
+    let removed = blocking(&ctx.workspace, move |ws| ws.remove_job(&key)).await?;
+    info!(removed, "job deleted; workspace removed");
+    Ok(Action::await_change())
+}
+
+async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result<Action> {
+    let now = Timestamp::now();
+    let current = job.status.clone().unwrap_or_default();
+    let key = job_key(job)?;
+    let life = lifecycle::compute(
+        &job.metadata,
+        job.spec.ttl.as_deref(),
+        DEFAULT_TTL,
+        job.spec.expiration,
+        false,
+        Remembered {
+            ttl_start: current.ttl_start_time.as_ref(),
+            observed_renew: current.observed_renew.as_deref(),
+            observed_generation: current.observed_generation,
+        },
+        &ctx.settings.expiry_warning,
+        now,
+    );
+    let life = match life {
+        Ok(life) => life,
+        Err(message) => {
+            write_status(jobs, job, status::bad_ttl(job, &current, &message, now)).await?;
+            return Ok(Action::requeue(ctx.settings.resync));
+        }
+    };
+    if life.state == ExpiryState::Expired {
+        return expire(ctx, jobs, job, &current, &life, key, now).await;
+    }
+
+    let created = {
+        let key = key.clone();
+        blocking(&ctx.workspace, move |ws| ws.ensure_job(&key)).await?
+    };
+    let ns = job.namespace().unwrap_or_default();
+    let sources = Sources {
+        configmaps: Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
+        secrets: Api::<Secret>::namespaced(ctx.client.clone(), &ns),
+    };
+    let problems = write_declared(ctx, job, &key, &sources).await?;
+
+    let files = {
+        let key = key.clone();
+        blocking(&ctx.workspace, move |ws| ws.list(&key)).await?
+    };
+    let lost_uploads = lost_uploads(job, &current, created);
+    let planned = planned_paths(job.spec.plan.as_ref());
+    let seen_missing = missing_files(&planned, files.iter().map(|f| f.path.as_str()));
+
+    let ready_to_archive = job.spec.complete == Some(true)
+        && job.spec.failure.is_none()
+        && problems.is_empty()
+        && lost_uploads.is_none()
+        && seen_missing.is_empty();
+    let archive = if ready_to_archive {
+        Some(archive(ctx, job, &current, &key, created).await?)
+    } else {
+        if current.archive.is_some() {
+            let key = key.clone();
+            blocking(&ctx.workspace, move |ws| ws.remove_archive(&key)).await?;
+        }
+        None
+    };
+
+    let seen = Observed {
+        files_count: files.len() as i64,
+        total_size_bytes: files.iter().map(|f| f.size_bytes as i64).sum(),
+        missing_files: seen_missing,
+        problems: problems.clone(),
+        lost_uploads,
+        archive,
+    };
+    let desired = status::build(job, &current, &seen, &life, now);
+    announce(ctx, job, &current, &desired).await;
+    write_status(jobs, job, desired).await?;
+
+    let mut resync = ctx.settings.resync;
+    if problems
+        .iter()
+        .any(|p| matches!(p, Problem::SourceNotFound(_)))
+    {
+        resync = resync.min(SOURCE_RECHECK);
+    }
+    Ok(Action::requeue(life.requeue_after(now, resync)))
+}
+
+/// Writes `plan.json` and every declared file whose bytes differ from what is on disk.
+async fn write_declared(
+    ctx: &Context,
+    job: &KilnJob,
+    key: &JobKey,
+    sources: &Sources,
+) -> Result<Vec<Problem>> {
+    let mut wanted: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut problems = Vec::new();
+    if let Some(plan) = &job.spec.plan {
+        wanted.push((PLAN_FILE.to_string(), plan_json(plan).into_bytes()));
+    }
+    for file in &job.spec.files {
+        match sources.resolve(file).await? {
+            Ok(bytes) => wanted.push((file.path.clone(), bytes)),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    let key = key.clone();
+    let write_problems = blocking(&ctx.workspace, move |ws| {
+        let mut problems = Vec::new();
+        for (path, bytes) in wanted {
+            // The CRD already refuses bad paths; this is the workspace's own, final check.
+            let path = match JobPath::parse(&path) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(Problem::TemplateError(format!("{path}: {e}")));
+                    continue;
+                }
+            };
+            if ws.read(&key, &path).ok().as_deref() == Some(bytes.as_slice()) {
+                continue;
+            }
+            if let Err(e) = ws.write(&key, &path, &bytes) {
+                problems.push(Problem::TemplateError(format!("{path}: {e}")));
+            }
+        }
+        Ok(problems)
+    })
+    .await?;
+    problems.extend(write_problems);
+    Ok(problems)
+}
+
+/// Uploaded files that vanished with the pod's workspace. Declared files and `plan.json`
+/// are rebuilt, but files that arrived over the HTTP API cannot be: say so instead of
+/// pretending the job is whole. Sticky until the spec changes (the client re-uploads and
+/// touches the Job, e.g. toggles `complete`).
+fn lost_uploads(job: &KilnJob, current: &KilnJobStatus, created: bool) -> Option<String> {
+    let generated = job.spec.files.len() as i64 + i64::from(job.spec.plan.is_some());
+    let before = current.files_count.unwrap_or(0);
+    if created && current.observed_generation.is_some() && before > generated {
+        return Some(format!(
+            "the workspace was lost (pod replaced): {} uploaded file(s) are gone; declared files were rebuilt. Upload them again, then update the Job",
+            before - generated
+        ));
+    }
+    let still = current
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::WORKSPACE_LOST && c.status == "True");
+    match still {
+        Some(c) if current.observed_generation == job.metadata.generation => {
+            Some(c.message.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Builds the archive unless an up-to-date one is on disk. While a job is complete, the file
+/// API refuses writes, so the files only change with the spec (a new generation) or with the
+/// workspace itself (recreated).
+async fn archive(
+    ctx: &Context,
+    job: &KilnJob,
+    current: &KilnJobStatus,
+    key: &JobKey,
+    created: bool,
+) -> Result<ArchiveStatus> {
+    let on_disk = ctx.workspace.archive_path(key).is_file();
+    if let Some(existing) = &current.archive
+        && on_disk
+        && !created
+        && current.observed_generation == job.metadata.generation
+        && current.phase == Some(JobPhase::Complete)
+    {
+        return Ok(existing.clone());
+    }
+    let start = std::time::Instant::now();
+    let key = key.clone();
+    let info = blocking(&ctx.workspace, move |ws| ws.build_archive(&key)).await?;
+    ctx.metrics
+        .archive_built(start.elapsed().as_secs_f64(), info.size_bytes);
+    Ok(ArchiveStatus {
+        size_bytes: info.size_bytes as i64,
+        sha256: info.sha256,
+        download_path: download_path(&job.namespace().unwrap_or_default(), &job.name_any()),
+    })
+}
+
+async fn write_status(jobs: &Api<KilnJob>, job: &KilnJob, desired: KilnJobStatus) -> Result<()> {
+    apply::status(
+        jobs,
+        &job.name_any(),
+        apply::managers::JOB,
+        job.status.as_ref(),
+        &desired,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The TTL ran out: delete the Job (its finalizer then removes the files), or keep it
+/// marked `Expired` with its files and archive freed.
+#[allow(clippy::too_many_arguments)]
+async fn expire(
+    ctx: &Context,
+    jobs: &Api<KilnJob>,
+    job: &KilnJob,
+    current: &KilnJobStatus,
+    life: &Lifecycle,
+    key: JobKey,
+    now: Timestamp,
+) -> Result<Action> {
+    match life.expiration {
+        Expiration::Delete => match lifecycle::delete_if_unchanged(jobs, job).await? {
+            Deleted::Yes => {
+                ctx.metrics.expired(NAME, KIND, life.lag_seconds(now));
+                ctx.event(
+                    job,
+                    EventType::Normal,
+                    "Expired",
+                    "Delete",
+                    format!("ttl {} ran out; job deleted", life.ttl_text),
+                )
+                .await;
+                info!(lag = life.lag_seconds(now), "expired job deleted");
+                Ok(Action::await_change())
+            }
+            Deleted::RacedWithAnEdit => Ok(Action::requeue(std::time::Duration::from_millis(200))),
+        },
+        Expiration::MarkExpired => {
+            blocking(&ctx.workspace, move |ws| ws.remove_job(&key)).await?;
+            if current.phase != Some(JobPhase::Expired) {
+                ctx.metrics.expired(NAME, KIND, life.lag_seconds(now));
+                ctx.event(
+                    job,
+                    EventType::Normal,
+                    "Expired",
+                    "MarkExpired",
+                    format!("ttl {} ran out; files deleted, job kept", life.ttl_text),
+                )
+                .await;
+            }
+            write_status(jobs, job, status::expired(job, current, life, now)).await?;
+            Ok(Action::requeue(ctx.settings.resync))
+        }
+    }
+}
+
+/// Events for every transition.
+async fn announce(ctx: &Context, job: &KilnJob, old: &KilnJobStatus, new: &KilnJobStatus) {
+    use crate::api::conditions::types::{EXPIRING_SOON, READY};
+    use crate::conditions::find;
+    let reason_of = |s: &KilnJobStatus, t: &str| {
+        find(&s.conditions, t).map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let ready = reason_of(new, READY);
+    if reason_of(old, READY) != ready {
+        let message = new.message.clone().unwrap_or_default();
+        match ready.as_ref().map(|(s, r)| (s.as_str(), r.as_str())) {
+            Some(("True", _)) => {
+                ctx.metrics.transition(KIND, "Completed");
+                ctx.event(job, EventType::Normal, "Completed", "Archive", message)
+                    .await
+            }
+            Some((_, "Failed")) => {
+                ctx.metrics.transition(KIND, "Failed");
+                ctx.event(job, EventType::Warning, "Failed", "Fail", message)
+                    .await
+            }
+            Some((
+                _,
+                reason @ ("PlanIncomplete" | "TemplateError" | "SourceNotFound" | "WorkspaceLost"),
+            )) => {
+                let reason: &'static str = match reason {
+                    "PlanIncomplete" => "PlanIncomplete",
+                    "TemplateError" => "TemplateError",
+                    "SourceNotFound" => "SourceNotFound",
+                    _ => "WorkspaceLost",
+                };
+                ctx.metrics.transition(KIND, reason);
+                warn!(reason, %message, "job not complete");
+                ctx.event(job, EventType::Warning, reason, "Generate", message)
+                    .await
+            }
+            _ => {}
+        }
+    }
+    if reason_of(old, EXPIRING_SOON) != reason_of(new, EXPIRING_SOON)
+        && crate::conditions::is_true(&new.conditions, EXPIRING_SOON)
+    {
+        ctx.metrics.transition(KIND, "ExpiringSoon");
+        let at = new
+            .expires_at
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        ctx.event(
+            job,
+            EventType::Warning,
+            "ExpiringSoon",
+            "Expire",
+            format!(
+                "job and its files expire at {at}; set the kiln.dev/renew annotation to keep them"
+            ),
+        )
+        .await;
+    }
+}
+
+fn error_policy(job: Arc<KilnJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    backoff_on_error(NAME, &ctx, error, job.as_ref())
+}

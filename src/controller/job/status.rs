@@ -1,0 +1,224 @@
+//! The Job's desired status, computed from what the reconcile found (pure).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::declared::Problem;
+use super::lifecycle::Lifecycle;
+use crate::api::conditions::types::*;
+use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus};
+use crate::conditions::{Desired, merge};
+use crate::expiry::ExpiryState;
+
+/// Type of the condition that reports uploaded files lost with the pod's workspace.
+pub const WORKSPACE_LOST: &str = "WorkspaceLost";
+
+/// Everything the reconcile learnt about the job's workspace.
+pub struct Observed {
+    pub files_count: i64,
+    pub total_size_bytes: i64,
+    pub missing_files: Vec<String>,
+    pub problems: Vec<Problem>,
+    /// Uploaded files that vanished with the workspace, if any (sticky until the spec changes).
+    pub lost_uploads: Option<String>,
+    pub archive: Option<ArchiveStatus>,
+}
+
+pub fn build(
+    job: &KilnJob,
+    current: &KilnJobStatus,
+    seen: &Observed,
+    life: &Lifecycle,
+    now: Timestamp,
+) -> KilnJobStatus {
+    let mut status = current.clone();
+    status.observed_generation = job.metadata.generation;
+    apply_lifecycle(&mut status, life);
+    status.files_count = Some(seen.files_count);
+    status.total_size_bytes = Some(seen.total_size_bytes);
+    status.missing_files = seen.missing_files.clone();
+    status.archive = seen.archive.clone();
+
+    let complete_requested = job.spec.complete == Some(true);
+    let problem = seen.problems.first().map(|p| match p {
+        Problem::SourceNotFound(m) => ("SourceNotFound", m.clone()),
+        Problem::TemplateError(m) => ("TemplateError", m.clone()),
+    });
+    let (phase, ready, complete): (JobPhase, Desired, Desired) =
+        if let Some(failure) = &job.spec.failure {
+            let m = format!("the client reported a failure: {}", failure.message);
+            (
+                JobPhase::Failed,
+                Desired::new(READY, false, "Failed", m.clone()),
+                Desired::new(COMPLETE, false, "Failed", m),
+            )
+        } else if let Some((reason, message)) = &problem {
+            (
+                JobPhase::Generating,
+                Desired::new(READY, false, reason, message.clone()),
+                Desired::new(COMPLETE, false, reason, message.clone()),
+            )
+        } else if let Some(lost) = &seen.lost_uploads {
+            (
+                JobPhase::Generating,
+                Desired::new(READY, false, "WorkspaceLost", lost.clone()),
+                Desired::new(COMPLETE, false, "WorkspaceLost", lost.clone()),
+            )
+        } else if !complete_requested {
+            let m = format!(
+                "{} file(s) written; set spec.complete when done",
+                seen.files_count
+            );
+            (
+                JobPhase::Generating,
+                Desired::new(READY, false, "Generating", m.clone()),
+                Desired::new(COMPLETE, false, "NotRequested", m),
+            )
+        } else if !seen.missing_files.is_empty() {
+            let m = format!(
+                "{} planned file(s) missing: {}",
+                seen.missing_files.len(),
+                preview(&seen.missing_files)
+            );
+            (
+                JobPhase::Generating,
+                Desired::new(READY, false, "PlanIncomplete", m.clone()),
+                Desired::new(COMPLETE, false, "PlanIncomplete", m),
+            )
+        } else {
+            let m = match &seen.archive {
+                Some(a) => format!("archive built: {} bytes, sha256 {}", a.size_bytes, a.sha256),
+                None => "archive built".into(),
+            };
+            (
+                JobPhase::Complete,
+                Desired::new(READY, true, "Complete", m.clone()),
+                Desired::new(COMPLETE, true, "ArchiveBuilt", m),
+            )
+        };
+    status.message = Some(ready.message.clone());
+    let stalled = match (&problem, phase) {
+        (Some((reason, message)), _) => Desired::new(STALLED, true, reason, message.clone()),
+        (None, JobPhase::Failed) => Desired::new(STALLED, true, "Failed", ready.message.clone()),
+        _ => Desired::new(STALLED, false, "Reconciled", ""),
+    };
+    let mut desired = vec![
+        ready,
+        complete,
+        stalled,
+        Desired::new(RECONCILING, false, "Reconciled", ""),
+        expiring_soon(life),
+    ];
+    let mut remove = vec![EXPIRED];
+    match &seen.lost_uploads {
+        Some(lost) => desired.push(Desired::new(
+            WORKSPACE_LOST,
+            true,
+            "WorkspaceLost",
+            lost.clone(),
+        )),
+        None => remove.push(WORKSPACE_LOST),
+    }
+    status.phase = Some(phase);
+    status.conditions = merge(
+        &current.conditions,
+        &desired,
+        &remove,
+        job.metadata.generation,
+        now,
+    );
+    status
+}
+
+fn preview(paths: &[String]) -> String {
+    let mut s = paths
+        .iter()
+        .take(10)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if paths.len() > 10 {
+        s.push_str(&format!(", … ({} more)", paths.len() - 10));
+    }
+    s
+}
+
+fn apply_lifecycle(status: &mut KilnJobStatus, life: &Lifecycle) {
+    status.ttl = Some(life.ttl_text.clone());
+    status.expiration = Some(life.expiration);
+    status.ttl_start_time = Some(Time(life.ttl_start));
+    status.observed_renew = life.observed_renew.clone();
+    status.expires_at = Some(Time(life.expires_at));
+}
+
+fn expiring_soon(life: &Lifecycle) -> Desired {
+    match life.state {
+        ExpiryState::ExpiringSoon { requeue_at } => Desired::new(
+            EXPIRING_SOON,
+            true,
+            "TtlEnding",
+            format!("the job and its files expire at {requeue_at}"),
+        ),
+        _ => Desired::new(EXPIRING_SOON, false, "TtlActive", ""),
+    }
+}
+
+/// Status of a job kept after its TTL ran out (`MarkExpired`): its files and archive are gone.
+pub fn expired(
+    job: &KilnJob,
+    current: &KilnJobStatus,
+    life: &Lifecycle,
+    now: Timestamp,
+) -> KilnJobStatus {
+    let mut status = current.clone();
+    status.observed_generation = job.metadata.generation;
+    apply_lifecycle(&mut status, life);
+    status.phase = Some(JobPhase::Expired);
+    status.files_count = Some(0);
+    status.total_size_bytes = Some(0);
+    status.archive = None;
+    let message = format!(
+        "ttl {} ran out at {}; files and archive deleted, the Job is kept",
+        life.ttl_text, life.expires_at
+    );
+    status.message = Some(message.clone());
+    status.conditions = merge(
+        &current.conditions,
+        &[
+            Desired::new(EXPIRED, true, "TtlExpired", message.clone()),
+            Desired::new(READY, false, "Expired", message),
+            Desired::new(EXPIRING_SOON, false, "Expired", ""),
+            Desired::new(RECONCILING, false, "Reconciled", ""),
+            Desired::new(STALLED, false, "Reconciled", ""),
+        ],
+        &[WORKSPACE_LOST],
+        job.metadata.generation,
+        now,
+    );
+    status
+}
+
+/// Status of a job whose TTL cannot be used (`0s`).
+pub fn bad_ttl(
+    job: &KilnJob,
+    current: &KilnJobStatus,
+    message: &str,
+    now: Timestamp,
+) -> KilnJobStatus {
+    let mut status = current.clone();
+    status.observed_generation = job.metadata.generation;
+    let message = format!("spec.ttl: {message}");
+    status.message = Some(message.clone());
+    status.conditions = merge(
+        &current.conditions,
+        &[
+            Desired::new(READY, false, "InvalidTtl", message.clone()),
+            Desired::new(STALLED, true, "InvalidTtl", message),
+            Desired::new(RECONCILING, false, "Reconciled", ""),
+        ],
+        &[],
+        job.metadata.generation,
+        now,
+    );
+    status
+}
