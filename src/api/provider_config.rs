@@ -147,4 +147,27 @@ pub struct ProviderConfigStatus {
     /// Per-key state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyStatus>,
+    /// Rollouts of the workloads that follow this config (`kiln.dev/follow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Rollouts of the workloads annotated `kiln.dev/follow: <this config>`. Kept in status so
+/// that a change waiting for its debounce window survives a restart or a change of leader.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Since when a credentials change waits to be rolled out (the debounce window runs from
+    /// here). Absent when the followers are up to date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<Time>,
+    /// When followers were last annotated with a new credentials hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<Time>,
+    /// The credentials hash of that rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_hash: Option<String>,
+    /// How many workloads that rollout annotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_workloads: Option<i32>,
 }

@@ -1,0 +1,410 @@
+//! The ProviderConfig controller (DESIGN.md §1.3), a pipeline:
+//! read the keys → elect the default → derive the ConfigMap and Secret → move or remove the
+//! default aliases → roll out followers → status and Events.
+//!
+//! Watches: ProviderConfigs (tapped to re-reconcile configs of the same type when the set
+//! claiming the default changes); the derived ConfigMaps by Kiln's labels and ownership;
+//! Secrets as metadata only (never their data), mapped to the configs that reference or own
+//! them. The referenced Secrets are then read one by one, so Kiln never caches the
+//! namespace's Secrets.
+
+mod events;
+mod resolve;
+mod rollout;
+mod status;
+mod sync;
+mod triggers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tokio::sync::mpsc::unbounded_channel;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::{Context, ReadinessProbe, Scope, backoff_on_error, drive, store_ready, watcher_config};
+use crate::api::conditions::types::DEFAULT_CONFLICT;
+use crate::api::provider_config::{ProviderConfig, ProviderConfigStatus, RolloutStatus};
+use crate::apply;
+use crate::desired::labels::{MANAGED_BY, MANAGED_BY_KILN};
+use crate::desired::provider_config::{
+    Claimant, Credentials, PROVIDER_ROLE, Role, Target, elect, owner_reference, provider_json,
+};
+use crate::error::{Error, KubeContext, Result};
+use crate::metrics::{Metrics, ProviderConfigTally};
+use events::Happenings;
+use status::{Facts, Standing};
+use sync::{Writer, Written};
+use triggers::{Siblings, claims_default, configs_for_secret};
+
+const NAME: &str = "providerconfig";
+
+/// What the reconciles of one controller (one per scope) share.
+struct Shared {
+    store: Store<ProviderConfig>,
+}
+
+pub fn start(
+    ctx: Arc<Context>,
+    scope: &Scope,
+    shutdown: CancellationToken,
+) -> (ReadinessProbe, tokio::task::JoinHandle<()>) {
+    let (store, writer) = reflector::store();
+    let probe = store_ready(store.clone());
+    let (siblings_tx, siblings_rx) = unbounded_channel();
+    let mut siblings = Siblings::new(store.clone(), siblings_tx);
+    let (metrics, tally_store) = (ctx.metrics.clone(), store.clone());
+    let scope_label = match scope {
+        Scope::All => "*".to_string(),
+        Scope::Namespace(ns) => ns.clone(),
+    };
+    // The reflector updates the store before it passes an event on, so the tap below (and
+    // the sibling reconciles it asks for) sees the change.
+    let primary = reflector::reflector(
+        writer,
+        watcher(scope.api::<ProviderConfig>(&ctx.client), watcher_config()),
+    )
+    .inspect_ok(move |event| {
+        siblings.observe(event);
+        if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+            tally(&metrics, &scope_label, &tally_store);
+        }
+    })
+    .applied_objects();
+
+    let secret_store = store.clone();
+    let derived = format!("{MANAGED_BY}={MANAGED_BY_KILN},{PROVIDER_ROLE}");
+    let controller = Controller::for_stream(primary, store.clone())
+        .owns(
+            scope.api::<ConfigMap>(&ctx.client),
+            watcher::Config::default().labels(&derived).page_size(500),
+        )
+        // Metadata only, on the wire and in memory: a Secret's data never reaches Kiln
+        // through this watch, whatever the number of Secrets in the namespace.
+        .watches(
+            scope.api::<PartialObjectMeta<Secret>>(&ctx.client),
+            watcher::Config::default().page_size(500),
+            move |secret| configs_for_secret(&secret_store, &secret),
+        )
+        .reconcile_on(UnboundedReceiverStream::new(siblings_rx));
+
+    let shared = Arc::new(Shared { store });
+    let task = tokio::spawn(drive(
+        NAME,
+        controller,
+        move |pc, ctx| reconcile(pc, ctx, shared.clone()),
+        error_policy,
+        ctx,
+        shutdown,
+    ));
+    (probe, task)
+}
+
+/// Configs by phase and default conflicts, from this controller's store.
+fn tally(metrics: &Metrics, scope: &str, store: &Store<ProviderConfig>) {
+    let mut t = ProviderConfigTally::default();
+    for pc in store.state() {
+        let status = pc.status.as_ref();
+        let phase = status
+            .and_then(|s| s.phase)
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "Pending".into());
+        *t.phases.entry(phase).or_insert(0) += 1;
+        if status.is_some_and(|s| crate::conditions::is_true(&s.conditions, DEFAULT_CONFLICT)) {
+            t.default_conflicts += 1;
+        }
+    }
+    metrics.set_provider_config_tally(scope, t);
+}
+
+#[tracing::instrument(skip_all, fields(namespace = pc.namespace().unwrap_or_default(), name = pc.name_any()))]
+async fn reconcile(
+    pc: Arc<ProviderConfig>,
+    ctx: Arc<Context>,
+    shared: Arc<Shared>,
+) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(NAME);
+    let ns = pc.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let name = pc.name_any();
+    let pcs: Api<ProviderConfig> = Api::namespaced(ctx.client.clone(), &ns);
+    // Read afresh: a Secret event can start this reconcile before the watch has delivered
+    // this controller's own last status write, and the status carries decisions (a pending
+    // rollout, rotation times) that must build on the latest one.
+    let Some(pc) = pcs
+        .get_opt(&name)
+        .await
+        .context(format!("reading ProviderConfig {name}"))?
+    else {
+        return Ok(Action::await_change());
+    };
+    if pc.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes the derived objects; the siblings re-elect.
+        return Ok(Action::await_change());
+    }
+    let uid = pc.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let now = Timestamp::now();
+    let current = pc.status.clone().unwrap_or_default();
+    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let writer = Writer {
+        configmaps: &configmaps,
+        secrets: &secrets,
+    };
+    let provider_type = pc.spec.provider_type.as_str();
+
+    let resolution = resolve::resolve(&secrets, &pc.spec).await?;
+    let claimants = elect(claimants(&shared.store, &pc, &uid));
+    let standing = standing_of(&claimants, &pc, &uid);
+
+    let json = provider_json(&name, &pc.spec, standing == Standing::Default);
+    let own = |role| Target {
+        namespace: &ns,
+        config: &name,
+        provider_type,
+        role,
+        owners: vec![owner_reference(&name, &uid, true)],
+    };
+    let config_map = writer.config_map(&own(Role::Provider), &json).await?;
+    let secret = writer
+        .secret(&own(Role::Credentials), resolution.credentials().as_ref())
+        .await?;
+    if secret.written == Written::Applied {
+        info!(
+            keys = secret.holds.as_ref().map_or(0, Credentials::key_count),
+            "derived Secret written"
+        );
+    }
+
+    let mut happened = Happenings::default();
+    let alias_conflict = match &standing {
+        Standing::Default => {
+            publish_aliases(&writer, &ns, &pc, &claimants, &json, secret.holds.as_ref()).await?
+        }
+        Standing::NotClaiming if claimants.is_empty() => {
+            happened.aliases_removed = remove_aliases(&configmaps, &secrets, provider_type).await?;
+            None
+        }
+        _ => None,
+    };
+
+    let hash = secret.holds.as_ref().map(Credentials::hash);
+    let (rollout, requeue) = rollouts(
+        &ctx,
+        &ns,
+        &name,
+        &current,
+        hash.as_deref(),
+        now,
+        &mut happened,
+    )
+    .await?;
+
+    let facts = Facts {
+        resolution: &resolution,
+        config_map,
+        config_map_name: Role::Provider.object_name(&name, provider_type),
+        secret: secret.written,
+        secret_name: Role::Credentials.object_name(&name, provider_type),
+        credentials_hash: hash,
+        standing: &standing,
+        provider_type,
+        alias_conflict,
+        rollout: Some(rollout),
+    };
+    let desired = status::build(&pc, &current, &facts, now);
+    events::announce(&ctx, &pc, &current, &desired, &happened).await;
+    let wrote = apply::status(
+        &pcs,
+        &name,
+        apply::managers::PROVIDER_CONFIG,
+        pc.status.as_ref(),
+        &desired,
+    )
+    .await?;
+    debug!(status_written = wrote, "reconciled");
+    Ok(Action::requeue(requeue.min(ctx.settings.resync)))
+}
+
+/// The configs of `pc`'s type in its namespace that claim the default, `pc` as just read
+/// (the store may not have its latest spec yet) and the others from the store.
+fn claimants(store: &Store<ProviderConfig>, pc: &ProviderConfig, uid: &str) -> Vec<Claimant> {
+    let claimant = |p: &ProviderConfig| Claimant {
+        name: p.name_any(),
+        uid: p.uid().unwrap_or_default(),
+        created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    };
+    let mut out: Vec<Claimant> = store
+        .state()
+        .iter()
+        .filter(|p| p.uid().as_deref() != Some(uid))
+        .filter(|p| p.namespace() == pc.namespace())
+        .filter(|p| p.spec.provider_type == pc.spec.provider_type)
+        .filter(|p| claims_default(p))
+        .map(|p| claimant(p))
+        .collect();
+    if claims_default(pc) {
+        out.push(claimant(pc));
+    }
+    out
+}
+
+fn standing_of(claimants: &[Claimant], pc: &ProviderConfig, uid: &str) -> Standing {
+    if !claims_default(pc) {
+        return Standing::NotClaiming;
+    }
+    match claimants.first() {
+        Some(first) if first.uid != uid => Standing::Conflict {
+            winner: first.name.clone(),
+        },
+        _ => Standing::Default,
+    }
+}
+
+/// Points the aliases at this config (the effective default). Every claimant is an owner,
+/// this one the controller: when it is deleted, the garbage collector keeps the aliases for
+/// the next default, which takes them over with one apply — they never disappear. Returns
+/// the name of an alias held by a foreign object, if any.
+async fn publish_aliases(
+    writer: &Writer<'_>,
+    ns: &str,
+    pc: &ProviderConfig,
+    claimants: &[Claimant],
+    json: &str,
+    credentials: Option<&Credentials>,
+) -> Result<Option<String>> {
+    let name = pc.name_any();
+    let owners: Vec<_> = claimants
+        .iter()
+        .enumerate()
+        .map(|(i, c)| owner_reference(&c.name, &c.uid, i == 0))
+        .collect();
+    let alias = |role| Target {
+        namespace: ns,
+        config: &name,
+        provider_type: &pc.spec.provider_type,
+        role,
+        owners: owners.clone(),
+    };
+    let provider = alias(Role::DefaultProvider);
+    if writer.config_map(&provider, json).await? == Written::Conflict {
+        return Ok(Some(format!("ConfigMap {}", provider.name())));
+    }
+    // Without credentials yet (keys never resolved), the alias Secret stays as it is.
+    let credentials_alias = alias(Role::DefaultCredentials);
+    if writer
+        .secret(&credentials_alias, credentials)
+        .await?
+        .written
+        == Written::Conflict
+    {
+        return Ok(Some(format!("Secret {}", credentials_alias.name())));
+    }
+    Ok(None)
+}
+
+/// No config claims the default of this type any more: the aliases go.
+async fn remove_aliases(
+    configmaps: &Api<ConfigMap>,
+    secrets: &Api<Secret>,
+    provider_type: &str,
+) -> Result<bool> {
+    let provider = Role::DefaultProvider;
+    let credentials = Role::DefaultCredentials;
+    let a = sync::remove_alias(
+        configmaps,
+        &provider.object_name("", provider_type),
+        provider.label(),
+    )
+    .await?;
+    let b = sync::remove_alias(
+        secrets,
+        &credentials.object_name("", provider_type),
+        credentials.label(),
+    )
+    .await?;
+    if a || b {
+        info!(provider_type, "default aliases removed");
+    }
+    Ok(a || b)
+}
+
+/// Rollout bookkeeping. A change of the credentials hash from one known value to another
+/// opens a debounce window (kept in status, so it survives restarts); when it closes, the
+/// followers are rolled out to the hash of that moment. The first hash ever recorded opens
+/// nothing: a new Secret is not a rotation. Returns the rollout status and when to look again.
+async fn rollouts(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    current: &ProviderConfigStatus,
+    hash: Option<&str>,
+    now: Timestamp,
+    happened: &mut Happenings,
+) -> Result<(RolloutStatus, Duration)> {
+    let debounce = SignedDuration::try_from(ctx.settings.rollout_debounce)
+        .unwrap_or(SignedDuration::from_secs(30));
+    let mut r = current.rollout.clone().unwrap_or_default();
+    let changed =
+        matches!((current.credentials_hash.as_deref(), hash), (Some(a), Some(b)) if a != b);
+    if changed && r.pending_since.is_none() {
+        r.pending_since = Some(Time(now));
+        happened.rollout_scheduled = Some(format!(
+            "followers are rolled out after the {}s debounce window",
+            debounce.as_secs()
+        ));
+    }
+    let (Some(since), Some(hash)) = (r.pending_since.clone(), hash) else {
+        return Ok((r, ctx.settings.resync));
+    };
+    let due = since.0.checked_add(debounce).unwrap_or(now);
+    if now < due {
+        return Ok((r, until(now, due)));
+    }
+    let pass = rollout::roll(
+        ctx,
+        &rollout::Request {
+            namespace: ns,
+            config: name,
+            hash,
+            debounce,
+            now,
+        },
+    )
+    .await?;
+    if !pass.rolled.is_empty() {
+        info!(workloads = ?pass.rolled, hash = rollout::short(hash), "followers rolled out");
+        r.last_time = Some(Time(now));
+        r.last_hash = Some(hash.to_string());
+        r.last_workloads = i32::try_from(pass.rolled.len()).ok();
+        happened.rolled = pass.rolled;
+    }
+    let requeue = match pass.wait_until {
+        Some(at) => until(now, at),
+        None => {
+            r.pending_since = None;
+            ctx.settings.resync
+        }
+    };
+    Ok((r, requeue))
+}
+
+/// Time from `now` to `at`, plus a little so that the requeued reconcile finds `at` passed.
+fn until(now: Timestamp, at: Timestamp) -> Duration {
+    let wait = Duration::try_from(at.duration_since(now)).unwrap_or_default();
+    wait + Duration::from_millis(20)
+}
+
+fn error_policy(pc: Arc<ProviderConfig>, error: &Error, ctx: Arc<Context>) -> Action {
+    backoff_on_error(NAME, &ctx, error, pc.as_ref())
+}

@@ -1,0 +1,686 @@
+//! What a ProviderConfig derives, decided without touching the cluster: the ConfigMap
+//! `<name>-provider` (`provider.json`), the Secret `<name>-credentials` (one entry per active
+//! key plus `API_KEY`), the `default-<type>-*` aliases, key fingerprints and the credentials
+//! hash, the default election, and the `kiln.dev/follow` contract with workloads.
+//!
+//! Secret values only ever travel inside [`SecretValue`] and [`Credentials`], whose `Debug`
+//! shows names and sizes, never bytes: a stray `{:?}` in a log line cannot leak a key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Resource;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::draft::canonical_json;
+use super::labels::{MANAGED_BY, MANAGED_BY_KILN, SHA256, managed_by_kiln};
+use crate::api::provider_config::{ProviderConfig, ProviderConfigSpec};
+
+/// The one key of the derived ConfigMaps.
+pub const PROVIDER_JSON: &str = "provider.json";
+/// The entry of the derived Secret that holds the first active key.
+pub const API_KEY: &str = "API_KEY";
+
+/// Label: the ProviderConfig a derived object comes from (for aliases: the effective default).
+pub const PROVIDER_CONFIG: &str = "kiln.dev/provider-config";
+/// Label: the provider type.
+pub const PROVIDER_TYPE: &str = "kiln.dev/provider-type";
+/// Label: which derived object this is (see [`Role`]). Deliberately not `kiln.dev/role`,
+/// which marks a Draft's published ConfigMaps.
+pub const PROVIDER_ROLE: &str = "kiln.dev/provider-role";
+
+/// Workload annotation: the ProviderConfigs (comma-separated names) it follows.
+pub const FOLLOW: &str = "kiln.dev/follow";
+/// Pod-template annotation prefix: `kiln.dev/credentials-hash-<providerconfig>`.
+pub const CREDENTIALS_HASH_PREFIX: &str = "kiln.dev/credentials-hash-";
+/// Workload annotation (on the workload, not its pod template, so it restarts nothing): when
+/// Kiln last rolled it out. It makes the debounce window hold per workload, across restarts.
+pub const ROLLED_OUT_AT: &str = "kiln.dev/rolled-out-at";
+
+/// The four objects a ProviderConfig may derive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Provider,
+    Credentials,
+    DefaultProvider,
+    DefaultCredentials,
+}
+
+impl Role {
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Provider => "provider",
+            Role::Credentials => "credentials",
+            Role::DefaultProvider => "default-provider",
+            Role::DefaultCredentials => "default-credentials",
+        }
+    }
+
+    /// The object's name: `<name>-provider`, `<name>-credentials`,
+    /// `default-<type>-provider`, `default-<type>-credentials`.
+    pub fn object_name(self, config: &str, provider_type: &str) -> String {
+        match self {
+            Role::Provider => format!("{config}-provider"),
+            Role::Credentials => format!("{config}-credentials"),
+            Role::DefaultProvider => format!("default-{provider_type}-provider"),
+            Role::DefaultCredentials => format!("default-{provider_type}-credentials"),
+        }
+    }
+
+    pub fn is_alias(self) -> bool {
+        matches!(self, Role::DefaultProvider | Role::DefaultCredentials)
+    }
+}
+
+/// One API key value, as read from its Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(Vec<u8>);
+
+impl SecretValue {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// `sha256:` and the first 12 hex digits of the value's sha256: enough to tell two values
+    /// apart in `status.keys[]`, far too little to be mistaken for the key.
+    pub fn fingerprint(&self) -> String {
+        let digest = hex::encode(Sha256::digest(&self.0));
+        format!("sha256:{}", &digest[..12])
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretValue(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// The content of a credentials Secret: entry name → value, sorted so that the hash is stable.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    entries: BTreeMap<String, SecretValue>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("entries", &self.entries.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// From the active keys in spec order: one entry per key, and `API_KEY` = the first.
+    pub fn from_active<'a>(keys: impl IntoIterator<Item = (&'a str, &'a SecretValue)>) -> Self {
+        let mut entries = BTreeMap::new();
+        for (name, value) in keys {
+            if entries.is_empty() {
+                entries.insert(API_KEY.to_string(), value.clone());
+            }
+            entries.insert(name.to_string(), value.clone());
+        }
+        Self { entries }
+    }
+
+    /// What an existing Secret holds (its `data`).
+    pub fn from_secret(secret: &Secret) -> Self {
+        let entries = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), SecretValue(v.0.clone())))
+            .collect();
+        Self { entries }
+    }
+
+    /// Number of API keys (entries other than `API_KEY`).
+    pub fn key_count(&self) -> usize {
+        self.entries.keys().filter(|k| *k != API_KEY).count()
+    }
+
+    /// Lowercase hex sha256 over the length-prefixed names and values: what a follower's pod
+    /// template carries, so that any change of any entry changes it.
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        for (name, value) in &self.entries {
+            h.update((name.len() as u64).to_be_bytes());
+            h.update(name.as_bytes());
+            h.update((value.0.len() as u64).to_be_bytes());
+            h.update(&value.0);
+        }
+        hex::encode(h.finalize())
+    }
+
+    fn data(&self) -> BTreeMap<String, ByteString> {
+        self.entries
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteString(v.0.clone())))
+            .collect()
+    }
+}
+
+/// `provider.json`: type, name, displayName, settings and whether this config is the
+/// effective default, in canonical JSON.
+pub fn provider_json(name: &str, spec: &ProviderConfigSpec, effective_default: bool) -> String {
+    let doc = json!({
+        "type": spec.provider_type,
+        "name": name,
+        "displayName": spec.display_name,
+        "settings": spec.settings.clone().unwrap_or_else(|| Value::Object(Default::default())),
+        "default": effective_default,
+    });
+    canonical_json(&doc)
+}
+
+/// An ownerReference to a ProviderConfig. The controller reference also blocks the owner's
+/// foreground deletion until the object is gone, as Kubernetes' own controllers do.
+pub fn owner_reference(name: &str, uid: &str, controller: bool) -> OwnerReference {
+    OwnerReference {
+        api_version: ProviderConfig::api_version(&()).into_owned(),
+        kind: ProviderConfig::kind(&()).into_owned(),
+        name: name.to_string(),
+        uid: uid.to_string(),
+        controller: Some(controller),
+        block_owner_deletion: Some(controller),
+    }
+}
+
+/// Who a derived object is for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target<'a> {
+    pub namespace: &'a str,
+    /// The ProviderConfig whose content the object carries (for aliases: the default).
+    pub config: &'a str,
+    pub provider_type: &'a str,
+    pub role: Role,
+    /// Owners: the source config as controller; for aliases, also every other config that
+    /// claims the default (not controllers), so that deleting the default does not let the
+    /// garbage collector remove the aliases before the next default takes them over.
+    pub owners: Vec<OwnerReference>,
+}
+
+impl Target<'_> {
+    pub fn name(&self) -> String {
+        self.role.object_name(self.config, self.provider_type)
+    }
+
+    fn meta(&self, hash: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.name()),
+            namespace: Some(self.namespace.to_string()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.to_string(), MANAGED_BY_KILN.to_string()),
+                (PROVIDER_CONFIG.to_string(), self.config.to_string()),
+                (PROVIDER_TYPE.to_string(), self.provider_type.to_string()),
+                (PROVIDER_ROLE.to_string(), self.role.label().to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([(SHA256.to_string(), hash.to_string())])),
+            owner_references: Some(self.owners.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// The ConfigMap holding `json` (from [`provider_json`]).
+    pub fn config_map(&self, json: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: self.meta(&super::sha256_hex(json.as_bytes())),
+            data: Some(BTreeMap::from([(
+                PROVIDER_JSON.to_string(),
+                json.to_string(),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    /// The Secret holding `credentials`, annotated with their hash.
+    pub fn secret(&self, credentials: &Credentials) -> Secret {
+        Secret {
+            metadata: self.meta(&credentials.hash()),
+            data: Some(credentials.data()),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        }
+    }
+
+    /// Whether an existing object of this name may be written by Kiln for this target: it is
+    /// Kiln's, plays the same role, and (for a config's own objects) comes from the same
+    /// config. Anything else is a name conflict and is never touched.
+    pub fn may_overwrite(&self, existing: &ObjectMeta) -> bool {
+        let labels = existing.labels.clone().unwrap_or_default();
+        let controlled_by_a_config = existing
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && is_provider_config(o));
+        managed_by_kiln(existing.labels.as_ref())
+            && controlled_by_a_config
+            && labels.get(PROVIDER_ROLE).map(String::as_str) == Some(self.role.label())
+            && (self.role.is_alias()
+                || labels.get(PROVIDER_CONFIG).map(String::as_str) == Some(self.config))
+    }
+}
+
+fn is_provider_config(owner: &OwnerReference) -> bool {
+    owner.kind == ProviderConfig::kind(&())
+        && owner.api_version.split('/').next() == Some(ProviderConfig::group(&()).as_ref())
+}
+
+/// Whether `existing` already looks like `want`: Kiln's labels and annotations present, the
+/// same ProviderConfig owners. Foreign labels and owners are not a difference.
+fn same_meta(existing: &ObjectMeta, want: &ObjectMeta) -> bool {
+    contains_all(existing.labels.as_ref(), want.labels.as_ref())
+        && contains_all(existing.annotations.as_ref(), want.annotations.as_ref())
+        && config_owners(existing) == config_owners(want)
+}
+
+fn config_owners(meta: &ObjectMeta) -> Vec<(String, bool)> {
+    let mut owners: Vec<(String, bool)> = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| is_provider_config(o))
+        .map(|o| (o.uid.clone(), o.controller == Some(true)))
+        .collect();
+    owners.sort();
+    owners
+}
+
+fn contains_all(
+    have: Option<&BTreeMap<String, String>>,
+    want: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let empty = BTreeMap::new();
+    let have = have.unwrap_or(&empty);
+    want.unwrap_or(&empty)
+        .iter()
+        .all(|(k, v)| have.get(k) == Some(v))
+}
+
+/// Whether the existing ConfigMap needs no write to become `want`.
+pub fn config_map_matches(existing: &ConfigMap, want: &ConfigMap) -> bool {
+    existing.data == want.data
+        && existing.binary_data.as_ref().is_none_or(|b| b.is_empty())
+        && same_meta(&existing.metadata, &want.metadata)
+}
+
+/// Whether the existing Secret needs no write to become `want`.
+pub fn secret_matches(existing: &Secret, want: &Secret) -> bool {
+    existing.data.clone().unwrap_or_default() == want.data.clone().unwrap_or_default()
+        && existing.type_ == want.type_
+        && same_meta(&existing.metadata, &want.metadata)
+}
+
+/// A config that claims to be the default of its type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimant {
+    pub name: String,
+    pub uid: String,
+    pub created: Option<Timestamp>,
+}
+
+/// Orders the claimants of one (namespace, providerType): the first is the effective
+/// default. The oldest wins; equal creation times (they have a resolution of one second)
+/// fall back to the name, so every replica and every reconcile agrees.
+pub fn elect(mut claimants: Vec<Claimant>) -> Vec<Claimant> {
+    claimants.sort_by(|a, b| {
+        (a.created.is_none(), a.created, &a.name).cmp(&(b.created.is_none(), b.created, &b.name))
+    });
+    claimants.dedup_by(|a, b| a.uid == b.uid);
+    claimants
+}
+
+/// The ProviderConfigs a workload follows, from its `kiln.dev/follow` annotation.
+pub fn followed(annotations: Option<&BTreeMap<String, String>>) -> Vec<&str> {
+    annotations
+        .and_then(|a| a.get(FOLLOW))
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pod-template annotation that carries `config`'s credentials hash. An annotation name
+/// has at most 63 characters; longer config names are shortened and suffixed with a hash of
+/// the full name, so that the key stays unique and valid.
+pub fn hash_annotation(config: &str) -> String {
+    const MAX_NAME: usize = 63;
+    let room = MAX_NAME - (CREDENTIALS_HASH_PREFIX.len() - "kiln.dev/".len());
+    if config.len() <= room {
+        return format!("{CREDENTIALS_HASH_PREFIX}{config}");
+    }
+    let digest = &super::sha256_hex(config.as_bytes())[..8];
+    let keep = room - digest.len() - 1;
+    format!("{CREDENTIALS_HASH_PREFIX}{}-{digest}", &config[..keep])
+}
+
+/// What to do with one follower when its config's credentials changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FollowerPlan {
+    /// Its pod template already carries the hash.
+    UpToDate,
+    /// Annotate its pod template now.
+    Roll,
+    /// It was rolled out less than one debounce window ago: not before `until`.
+    Wait { until: Timestamp },
+}
+
+/// Decides for one follower. `template` is its pod template's annotations, `annotations` its
+/// own. The per-workload debounce uses [`ROLLED_OUT_AT`], so a workload that follows several
+/// configs is still restarted at most once per window.
+pub fn plan_follower(
+    config: &str,
+    hash: &str,
+    annotations: Option<&BTreeMap<String, String>>,
+    template: Option<&BTreeMap<String, String>>,
+    debounce: SignedDuration,
+    now: Timestamp,
+) -> FollowerPlan {
+    let key = hash_annotation(config);
+    if template.and_then(|t| t.get(&key)).map(String::as_str) == Some(hash) {
+        return FollowerPlan::UpToDate;
+    }
+    let last = annotations
+        .and_then(|a| a.get(ROLLED_OUT_AT))
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    match last.and_then(|t| t.checked_add(debounce).ok()) {
+        Some(until) if until > now => FollowerPlan::Wait { until },
+        _ => FollowerPlan::Roll,
+    }
+}
+
+/// The merge patch that rolls a workload out: the credentials hash in its pod template and
+/// the rollout time on the workload. `resource_version` makes it conditional, so two configs
+/// rolling the same workload at once cannot both restart it within one window.
+pub fn rollout_patch(config: &str, hash: &str, resource_version: &str, now: Timestamp) -> Value {
+    json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": { ROLLED_OUT_AT: now.to_string() },
+        },
+        "spec": { "template": { "metadata": { "annotations": { hash_annotation(config): hash } } } },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(s: &str) -> SecretValue {
+        SecretValue::new(s.as_bytes().to_vec())
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    fn target(role: Role) -> Target<'static> {
+        Target {
+            namespace: "ns",
+            config: "openai-main",
+            provider_type: "openai",
+            role,
+            owners: vec![owner_reference("openai-main", "u1", true)],
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(Role::Provider.object_name("a", "openai"), "a-provider");
+        assert_eq!(
+            Role::Credentials.object_name("a", "openai"),
+            "a-credentials"
+        );
+        assert_eq!(
+            Role::DefaultProvider.object_name("a", "openai"),
+            "default-openai-provider"
+        );
+        assert_eq!(
+            Role::DefaultCredentials.object_name("a", "openai"),
+            "default-openai-credentials"
+        );
+    }
+
+    #[test]
+    fn secret_values_never_show_in_debug() {
+        let v = value("sk-live-very-secret");
+        let creds = Credentials::from_active([("primary", &v)]);
+        let secret = target(Role::Credentials).secret(&creds);
+        for text in [format!("{v:?}"), format!("{creds:?}")] {
+            assert!(!text.contains("sk-live"), "{text}");
+        }
+        assert!(format!("{creds:?}").contains("primary"));
+        // The Kubernetes type itself prints bytes: never format a Secret with {:?}.
+        assert!(secret.data.unwrap().contains_key(API_KEY));
+    }
+
+    #[test]
+    fn fingerprint_is_short_and_distinct() {
+        let a = value("key-one").fingerprint();
+        assert!(a.starts_with("sha256:"));
+        assert_eq!(a.len(), "sha256:".len() + 12);
+        assert_ne!(a, value("key-two").fingerprint());
+        assert_eq!(a, value("key-one").fingerprint());
+    }
+
+    #[test]
+    fn credentials_first_active_key_is_api_key() {
+        let (a, b) = (value("A"), value("B"));
+        let creds = Credentials::from_active([("second", &b), ("first", &a)]);
+        let data = creds.data();
+        assert_eq!(data[API_KEY].0, b"B");
+        assert_eq!(data["first"].0, b"A");
+        assert_eq!(data["second"].0, b"B");
+        assert_eq!(creds.key_count(), 2);
+        let none = Credentials::from_active([]);
+        assert!(none.data().is_empty());
+    }
+
+    #[test]
+    fn credentials_hash_follows_every_entry() {
+        let (a, b) = (value("A"), value("B"));
+        let one = Credentials::from_active([("k", &a)]);
+        let two = Credentials::from_active([("k", &b)]);
+        let renamed = Credentials::from_active([("j", &a)]);
+        assert_ne!(one.hash(), two.hash());
+        assert_ne!(one.hash(), renamed.hash());
+        let secret = target(Role::Credentials).secret(&one);
+        assert_eq!(Credentials::from_secret(&secret).hash(), one.hash());
+        assert_eq!(secret.metadata.annotations.unwrap()[SHA256], one.hash());
+    }
+
+    #[test]
+    fn provider_json_content() {
+        let spec: ProviderConfigSpec = serde_json::from_value(json!({
+            "providerType": "openai",
+            "displayName": "OpenAI",
+            "settings": {"model": "gpt-4o-mini", "baseUrl": "https://x"},
+            "apiKeys": [{"name": "primary", "secretRef": {"name": "s", "key": "k"}}]
+        }))
+        .unwrap();
+        let doc: Value = serde_json::from_str(&provider_json("main", &spec, true)).unwrap();
+        assert_eq!(
+            doc,
+            json!({"type": "openai", "name": "main", "displayName": "OpenAI",
+                   "settings": {"model": "gpt-4o-mini", "baseUrl": "https://x"}, "default": true})
+        );
+        let bare: ProviderConfigSpec =
+            serde_json::from_value(json!({"providerType": "x"})).unwrap();
+        let doc: Value = serde_json::from_str(&provider_json("b", &bare, false)).unwrap();
+        assert_eq!(doc["settings"], json!({}));
+        assert_eq!(doc["displayName"], Value::Null);
+    }
+
+    #[test]
+    fn derived_objects_carry_kiln_labels_and_owner() {
+        let cm = target(Role::Provider).config_map("{}\n");
+        let labels = cm.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[MANAGED_BY], "kiln");
+        assert_eq!(labels[PROVIDER_ROLE], "provider");
+        assert!(labels.keys().all(|k| !k.contains("argocd")));
+        let owner = &cm.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "ProviderConfig");
+        assert_eq!(owner.api_version, "kiln.dev/v1alpha1");
+        assert_eq!(
+            (owner.controller, owner.block_owner_deletion),
+            (Some(true), Some(true))
+        );
+        assert_eq!(cm.metadata.name.as_deref(), Some("openai-main-provider"));
+    }
+
+    #[test]
+    fn matching_ignores_foreign_labels_but_not_owners() {
+        let t = target(Role::Provider);
+        let want = t.config_map("{}\n");
+        let mut existing = want.clone();
+        existing
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "x".into());
+        assert!(config_map_matches(&existing, &want));
+        existing.metadata.owner_references = Some(vec![owner_reference("other", "u2", true)]);
+        assert!(!config_map_matches(&existing, &want));
+        let mut edited = want.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(PROVIDER_JSON.into(), "x".into());
+        assert!(!config_map_matches(&edited, &want));
+
+        let v = value("A");
+        let creds = Credentials::from_active([("k", &v)]);
+        let secret = target(Role::Credentials).secret(&creds);
+        assert!(secret_matches(&secret, &secret));
+        let w = value("B");
+        let other = target(Role::Credentials).secret(&Credentials::from_active([("k", &w)]));
+        assert!(!secret_matches(&secret, &other));
+    }
+
+    #[test]
+    fn overwrite_only_what_kiln_derived_for_this_role() {
+        let own = target(Role::Credentials);
+        let mine = own.secret(&Credentials::default());
+        assert!(own.may_overwrite(&mine.metadata));
+        // The same config recreated (a new uid) takes its objects back.
+        let mut recreated = mine.clone();
+        recreated.metadata.owner_references =
+            Some(vec![owner_reference("openai-main", "old", true)]);
+        assert!(own.may_overwrite(&recreated.metadata));
+        let foreign = ObjectMeta::default();
+        assert!(!own.may_overwrite(&foreign));
+        let mut other_config = mine.clone();
+        other_config
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(PROVIDER_CONFIG.into(), "someone-else".into());
+        assert!(!own.may_overwrite(&other_config.metadata));
+        // An alias may move from one config to another; a config's own object may not become one.
+        let alias = target(Role::DefaultCredentials);
+        assert!(!alias.may_overwrite(&mine.metadata));
+        let mut old_alias = alias.secret(&Credentials::default());
+        old_alias
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(PROVIDER_CONFIG.into(), "older".into());
+        assert!(alias.may_overwrite(&old_alias.metadata));
+    }
+
+    #[test]
+    fn oldest_claimant_wins_then_name() {
+        let c = |name: &str, s: i64| Claimant {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            created: Some(at(s)),
+        };
+        let order = elect(vec![c("b", 10), c("a", 20), c("c", 10)]);
+        let names: Vec<_> = order.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["b", "c", "a"]);
+        let unknown = Claimant {
+            name: "0".into(),
+            uid: "x".into(),
+            created: None,
+        };
+        assert_eq!(elect(vec![unknown.clone(), c("z", 99)])[0].name, "z");
+        assert!(elect(vec![]).is_empty());
+    }
+
+    #[test]
+    fn follow_annotation_lists_configs() {
+        let a = BTreeMap::from([(FOLLOW.to_string(), " a, b ,,c".to_string())]);
+        assert_eq!(followed(Some(&a)), ["a", "b", "c"]);
+        assert!(followed(None).is_empty());
+    }
+
+    #[test]
+    fn hash_annotation_stays_a_valid_key() {
+        assert_eq!(hash_annotation("main"), "kiln.dev/credentials-hash-main");
+        let long = "a".repeat(200);
+        let key = hash_annotation(&long);
+        let name = key.strip_prefix("kiln.dev/").unwrap();
+        assert_eq!(name.len(), 63);
+        assert_ne!(key, hash_annotation(&"a".repeat(201)));
+        let exact = "b".repeat(63 - "credentials-hash-".len());
+        assert_eq!(hash_annotation(&exact).len(), "kiln.dev/".len() + 63);
+    }
+
+    #[test]
+    fn follower_plans() {
+        let debounce = SignedDuration::from_secs(30);
+        let key = hash_annotation("p");
+        let template = BTreeMap::from([(key.clone(), "h1".to_string())]);
+        assert_eq!(
+            plan_follower("p", "h1", None, Some(&template), debounce, at(100)),
+            FollowerPlan::UpToDate
+        );
+        assert_eq!(
+            plan_follower("p", "h2", None, Some(&template), debounce, at(100)),
+            FollowerPlan::Roll
+        );
+        assert_eq!(
+            plan_follower("p", "h2", None, None, debounce, at(100)),
+            FollowerPlan::Roll
+        );
+        let recent = BTreeMap::from([(ROLLED_OUT_AT.to_string(), at(90).to_string())]);
+        assert_eq!(
+            plan_follower("p", "h2", Some(&recent), Some(&template), debounce, at(100)),
+            FollowerPlan::Wait { until: at(120) }
+        );
+        assert_eq!(
+            plan_follower("p", "h2", Some(&recent), Some(&template), debounce, at(120)),
+            FollowerPlan::Roll
+        );
+        let garbage = BTreeMap::from([(ROLLED_OUT_AT.to_string(), "yesterday".to_string())]);
+        assert_eq!(
+            plan_follower("p", "h2", Some(&garbage), None, debounce, at(100)),
+            FollowerPlan::Roll
+        );
+    }
+
+    #[test]
+    fn rollout_patch_is_conditional() {
+        let patch = rollout_patch("p", "h", "42", at(0));
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            patch["spec"]["template"]["metadata"]["annotations"]["kiln.dev/credentials-hash-p"],
+            "h"
+        );
+        assert_eq!(
+            patch["metadata"]["annotations"][ROLLED_OUT_AT],
+            "1970-01-01T00:00:00Z"
+        );
+    }
+}
