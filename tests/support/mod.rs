@@ -452,3 +452,10 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+impl Operator {
+    /// The operator process's pid (for reading its `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}

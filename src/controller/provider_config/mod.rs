@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::{RoundMode, SignedDuration, Timestamp, TimestampRound, Unit};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
@@ -358,7 +358,9 @@ async fn rollouts(
     let changed =
         matches!((current.credentials_hash.as_deref(), hash), (Some(a), Some(b)) if a != b);
     if changed && r.pending_since.is_none() {
-        r.pending_since = Some(Time(now));
+        // Kubernetes keeps times to the second; rounding up keeps the window at least as long
+        // as the debounce once the status has been written and read back.
+        r.pending_since = Some(Time(ceil_to_second(now)));
         happened.rollout_scheduled = Some(format!(
             "followers are rolled out after the {}s debounce window",
             debounce.as_secs()
@@ -397,6 +399,13 @@ async fn rollouts(
         }
     };
     Ok((r, requeue))
+}
+
+fn ceil_to_second(t: Timestamp) -> Timestamp {
+    let round = TimestampRound::new()
+        .smallest(Unit::Second)
+        .mode(RoundMode::Ceil);
+    t.round(round).unwrap_or(t)
 }
 
 /// Time from `now` to `at`, plus a little so that the requeued reconcile finds `at` passed.
