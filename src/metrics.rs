@@ -49,6 +49,14 @@ pub struct ProviderConfigTally {
     pub default_conflicts: i64,
 }
 
+type PhaseFn = Box<dyn Fn() -> Vec<Option<String>> + Send + Sync>;
+
+struct PhaseSource {
+    kind: &'static str,
+    phases: &'static [&'static str],
+    read: PhaseFn,
+}
+
 /// Every metric Kiln exports. One instance per process, shared by `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -73,8 +81,13 @@ pub struct Metrics {
     /// Archive builds: duration and bytes written.
     pub archive_duration: Histogram,
     pub archive_bytes: Counter,
+    /// Requests to the HTTP listener by route, method and status, and their latency.
+    pub http: HttpMetrics,
     /// Serialises text encoding; the registry itself is immutable after construction.
     encode_lock: Mutex<()>,
+    /// Where `objects` counts come from: each controller's cache, read at scrape time, so
+    /// the numbers are exact and deleted objects never linger.
+    phase_sources: Mutex<Vec<PhaseSource>>,
 }
 
 impl Default for Metrics {
@@ -158,7 +171,9 @@ impl Metrics {
             "Bytes of archives built",
             archive_bytes.clone(),
         );
+        let http = HttpMetrics::register(&mut registry);
         Self {
+            http,
             archive_duration,
             archive_bytes,
             registry,
@@ -173,6 +188,7 @@ impl Metrics {
             provider_default_conflicts,
             provider_tallies: Mutex::new(Default::default()),
             encode_lock: Mutex::new(()),
+            phase_sources: Mutex::new(Vec::new()),
         }
     }
 
@@ -184,6 +200,7 @@ impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let _guard = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh_phase_counts();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -219,6 +236,43 @@ impl Metrics {
             .get_or_create(&ControllerLabels { controller })
             .observe(lag_seconds);
         self.transition(kind, "Expired");
+    }
+
+    /// Registers a cache to count objects of `kind` by phase from (one per controller and
+    /// scope; counts of the same kind add up).
+    pub fn register_phase_source(
+        &self,
+        kind: &'static str,
+        phases: &'static [&'static str],
+        read: impl Fn() -> Vec<Option<String>> + Send + Sync + 'static,
+    ) {
+        let mut sources = self.phase_sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.push(PhaseSource {
+            kind,
+            phases,
+            read: Box::new(read),
+        });
+    }
+
+    fn refresh_phase_counts(&self) {
+        use std::collections::BTreeMap;
+        let sources = self.phase_sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts: BTreeMap<&'static str, (BTreeMap<String, i64>, &'static [&'static str])> =
+            BTreeMap::new();
+        for source in sources.iter() {
+            let entry = counts
+                .entry(source.kind)
+                .or_insert_with(|| (BTreeMap::new(), source.phases));
+            for phase in (source.read)() {
+                *entry
+                    .0
+                    .entry(phase.unwrap_or_else(|| "Unknown".into()))
+                    .or_default() += 1;
+            }
+        }
+        for (kind, (by_phase, phases)) in counts {
+            self.set_phase_counts(kind, &by_phase, phases);
+        }
     }
 
     /// Sets the per-phase object counts of `kind` from a fresh snapshot.
@@ -289,5 +343,65 @@ impl Drop for ReconcileTimer<'_> {
                 controller: self.controller,
             })
             .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route template (`/api/v1/namespaces/{ns}/jobs/{name}/files/{*path}`), never the
+    /// raw path, so that there is one series per route rather than per file.
+    pub route: String,
+    pub method: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpRouteLabels {
+    pub route: String,
+    pub method: &'static str,
+}
+
+/// The HTTP listener's metrics: `kiln_http_requests_total` and
+/// `kiln_http_request_duration_seconds` (time to the response headers; a streamed body may
+/// take longer).
+pub struct HttpMetrics {
+    pub requests: Family<HttpLabels, Counter>,
+    pub duration: Family<HttpRouteLabels, Histogram>,
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status code",
+            requests.clone(),
+        );
+        let duration = Family::<HttpRouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency up to the response headers",
+            duration.clone(),
+        );
+        HttpMetrics { requests, duration }
+    }
+
+    /// Records one request.
+    pub fn observe(&self, route: String, method: &'static str, code: u16, seconds: f64) {
+        self.duration
+            .get_or_create(&HttpRouteLabels {
+                route: route.clone(),
+                method,
+            })
+            .observe(seconds);
+        self.requests
+            .get_or_create(&HttpLabels {
+                route,
+                method,
+                code,
+            })
+            .inc();
     }
 }

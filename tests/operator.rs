@@ -9,61 +9,59 @@ use kiln::api::{Draft, KilnJob, ProviderConfig};
 use kube::Api;
 use support::{Operator, OperatorOptions, control_plane, eventually, http_get, namespace};
 
+/// Every example becomes Ready, and the metrics count objects by phase.
 #[tokio::test]
-async fn skeleton_writes_status_for_every_kind() {
+async fn examples_become_ready() {
     let cp = control_plane();
     let client = cp.client().await;
-    let ns = namespace(&client, "skeleton").await;
-    let _op = Operator::start(cp, OperatorOptions::namespace(&ns)).await;
-    for file in ["draft.yaml", "job.yaml", "providerconfig.yaml"] {
-        cp.kubectl(&[
-            "apply",
-            "-n",
-            &ns,
-            "-f",
-            support::repo()
-                .join("examples")
-                .join(file)
-                .to_str()
-                .expect("path"),
-        ])
-        .success();
-    }
+    let ns = namespace(&client, "examples-ready").await;
+    let op = Operator::start(cp, OperatorOptions::namespace(&ns)).await;
+    cp.kubectl(&[
+        "apply",
+        "-n",
+        &ns,
+        "-f",
+        support::repo().join("examples").to_str().expect("path"),
+    ])
+    .success();
+    let ready = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    };
     let drafts: Api<Draft> = Api::namespaced(client.clone(), &ns);
-    let draft = eventually(Duration::from_secs(20), "the draft's status", || async {
-        let d = drafts.get("welcome-email").await.ok()?;
-        let observed = d.status.as_ref()?.observed_generation?;
-        (Some(observed) == d.metadata.generation).then_some(d)
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the example draft Ready",
+        || async {
+            let d = drafts.get("welcome-email").await.ok()?;
+            ready(&d.status?.conditions).then_some(())
+        },
+    )
     .await;
-    let conditions = &draft.status.as_ref().expect("status").conditions;
-    assert!(
-        conditions.iter().any(|c| c.type_ == "Ready"),
-        "no Ready condition: {conditions:?}"
-    );
     let jobs: Api<KilnJob> = Api::namespaced(client.clone(), &ns);
-    eventually(Duration::from_secs(20), "the job's status", || async {
-        jobs.get("hello-world")
-            .await
-            .ok()?
-            .status?
-            .observed_generation
+    eventually(Duration::from_secs(30), "the example job Ready", || async {
+        let j = jobs.get("hello-world").await.ok()?;
+        ready(&j.status?.conditions).then_some(())
     })
     .await;
     let pcfgs: Api<ProviderConfig> = Api::namespaced(client.clone(), &ns);
     eventually(
-        Duration::from_secs(20),
-        "the provider config's status",
+        Duration::from_secs(30),
+        "the example provider config Ready",
         || async {
-            pcfgs
-                .get("openai-main")
-                .await
-                .ok()?
-                .status?
-                .observed_generation
+            let p = pcfgs.get("openai-main").await.ok()?;
+            ready(&p.status?.conditions).then_some(())
         },
     )
     .await;
+    let (_, metrics) = http_get(op.http_addr, "/metrics").await.expect("metrics");
+    for line in [
+        "kiln_objects{kind=\"Draft\",phase=\"Ready\"} 1",
+        "kiln_objects{kind=\"Job\",phase=\"Complete\"} 1",
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
+    }
 }
 
 #[tokio::test]

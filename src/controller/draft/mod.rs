@@ -50,6 +50,23 @@ pub fn start(
     let controller = Controller::new(scope.api::<Draft>(&ctx.client), watcher_config());
     let store = controller.store();
     let probe = store_ready(store.clone());
+    let counted = store.clone();
+    ctx.metrics.register_phase_source(
+        KIND,
+        &["Pending", "Ready", "Invalid", "Expired", "Unknown"],
+        move || {
+            counted
+                .state()
+                .iter()
+                .map(|d| {
+                    d.status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .map(|p| format!("{p:?}"))
+                })
+                .collect()
+        },
+    );
     // Metadata only: Kiln needs a ConfigMap's name, labels and annotations to route the
     // change, never its data, so the cache stays small however many ConfigMaps exist.
     let controller = controller.watches(

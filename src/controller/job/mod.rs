@@ -46,7 +46,24 @@ pub fn start(
 ) -> (ReadinessProbe, tokio::task::JoinHandle<()>) {
     let controller = Controller::new(scope.api::<KilnJob>(&ctx.client), watcher_config())
         .reconcile_on(ctx.job_nudge.subscribe());
-    let probe = store_ready(controller.store());
+    let store = controller.store();
+    let probe = store_ready(store.clone());
+    ctx.metrics.register_phase_source(
+        KIND,
+        &["Generating", "Complete", "Failed", "Expired", "Unknown"],
+        move || {
+            store
+                .state()
+                .iter()
+                .map(|j| {
+                    j.status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .map(|p| format!("{p:?}"))
+                })
+                .collect()
+        },
+    );
     let task = tokio::spawn(drive(
         NAME,
         controller,
