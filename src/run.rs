@@ -57,6 +57,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let state = AppState {
         health: health.clone(),
         metrics: metrics.clone(),
+        files: Arc::new(http::FileApi::new(
+            client.clone(),
+            workspace.clone(),
+            job_nudge.clone(),
+            &args.namespaces,
+        )),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(Tls {

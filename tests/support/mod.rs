@@ -459,3 +459,164 @@ impl Operator {
         self.child.as_ref().map(|c| c.id())
     }
 }
+
+/// A response read by [`http_request`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lowercased, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; panics with the body when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {} body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// What [`http_request`] sends as the body.
+#[derive(Clone, Copy)]
+pub enum HttpBody<'a> {
+    /// No body and no `Content-Length`.
+    None,
+    /// With `Content-Length`.
+    Bytes(&'a [u8]),
+    /// `Transfer-Encoding: chunked`, one chunk per slice: the server does not know the size.
+    Chunked(&'a [&'a [u8]]),
+}
+
+/// One HTTP/1.1 request over a fresh TCP connection (`Connection: close`), so the harness
+/// needs no HTTP client crate. `target` is sent as written: tests can send request targets
+/// (`../x`, `%00`) that a normalising client would rewrite. The response body may be
+/// `Content-Length`-delimited, chunked, or run to the end of the connection.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: HttpBody<'_>,
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let (mut rx, mut tx) = stream.into_split();
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let mut out: Vec<u8> = Vec::new();
+    match body {
+        HttpBody::None => {
+            head.push_str("\r\n");
+            out.extend_from_slice(head.as_bytes());
+        }
+        HttpBody::Bytes(bytes) => {
+            head.push_str(&format!("Content-Length: {}\r\n\r\n", bytes.len()));
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(bytes);
+        }
+        HttpBody::Chunked(chunks) => {
+            head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+            out.extend_from_slice(head.as_bytes());
+            for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    // Written while the response is read: a server may answer (413, 401) without reading
+    // the body, and then the write fails; the response is what the test wants.
+    let writer = tokio::spawn(async move {
+        let _ = tx.write_all(&out).await;
+        tx
+    });
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A reset after the response arrived (the server closed with our body unread).
+            Err(_) if !raw.is_empty() => break,
+            Err(e) => panic!("{method} {target}: reading the response failed: {e}"),
+        }
+    }
+    drop(writer.await);
+    parse_response(&raw, method == "HEAD").unwrap_or_else(|| {
+        panic!(
+            "{method} {target}: malformed response: {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
+fn parse_response(raw: &[u8], head_only: bool) -> Option<HttpResponse> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let body = if head_only || status == 204 || status == 304 {
+        Vec::new()
+    } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        decode_chunked(rest)?
+    } else if let Some(len) = get("content-length") {
+        rest.get(..len.parse::<usize>().ok()?)?.to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Some(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn decode_chunked(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
