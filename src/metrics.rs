@@ -39,15 +39,8 @@ pub struct WorkloadLabels {
     pub kind: String,
 }
 
-/// ProviderConfig phases, as exported in `kiln_objects{kind="ProviderConfig"}`.
-pub const PROVIDER_CONFIG_PHASES: [&str; 3] = ["Pending", "Ready", "Degraded"];
-
-/// What one ProviderConfig controller (one per watched namespace) last counted.
-#[derive(Clone, Debug, Default)]
-pub struct ProviderConfigTally {
-    pub phases: std::collections::BTreeMap<String, i64>,
-    pub default_conflicts: i64,
-}
+/// Counts one controller's cache, at scrape time.
+type CountFn = Box<dyn Fn() -> i64 + Send + Sync>;
 
 type PhaseFn = Box<dyn Fn() -> Vec<Option<String>> + Send + Sync>;
 
@@ -75,9 +68,9 @@ pub struct Metrics {
     pub provider_rollouts: Family<WorkloadLabels, Counter>,
     /// ProviderConfigs that claim the default of their type and are not the effective one.
     pub provider_default_conflicts: Gauge,
-    /// Per-scope ProviderConfig tallies, summed into the gauges (each watched namespace has
-    /// its own controller and store; one must not overwrite another's count).
-    provider_tallies: Mutex<std::collections::BTreeMap<String, ProviderConfigTally>>,
+    /// Where `provider_default_conflicts` comes from: each ProviderConfig controller's cache
+    /// (one per watched namespace; they add up), read at scrape time like `objects`.
+    provider_conflict_sources: Mutex<Vec<CountFn>>,
     /// Archive builds: duration and bytes written.
     pub archive_duration: Histogram,
     pub archive_bytes: Counter,
@@ -186,7 +179,7 @@ impl Metrics {
             provider_key_rotations,
             provider_rollouts,
             provider_default_conflicts,
-            provider_tallies: Mutex::new(Default::default()),
+            provider_conflict_sources: Mutex::new(Vec::new()),
             encode_lock: Mutex::new(()),
             phase_sources: Mutex::new(Vec::new()),
         }
@@ -201,6 +194,7 @@ impl Metrics {
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let _guard = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh_phase_counts();
+        self.refresh_provider_default_conflicts();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -308,23 +302,24 @@ impl Metrics {
             .inc();
     }
 
-    /// Replaces `scope`'s ProviderConfig tally and refreshes the summed gauges.
-    pub fn set_provider_config_tally(&self, scope: &str, tally: ProviderConfigTally) {
-        let mut tallies = self
-            .provider_tallies
+    /// Registers a ProviderConfig cache to count default conflicts from.
+    pub fn register_provider_default_conflicts(
+        &self,
+        read: impl Fn() -> i64 + Send + Sync + 'static,
+    ) {
+        self.provider_conflict_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(read));
+    }
+
+    fn refresh_provider_default_conflicts(&self) {
+        let sources = self
+            .provider_conflict_sources
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        tallies.insert(scope.to_string(), tally);
-        let mut phases = std::collections::BTreeMap::new();
-        let mut conflicts = 0;
-        for t in tallies.values() {
-            for (phase, n) in &t.phases {
-                *phases.entry(phase.clone()).or_insert(0) += n;
-            }
-            conflicts += t.default_conflicts;
-        }
-        self.set_phase_counts("ProviderConfig", &phases, &PROVIDER_CONFIG_PHASES);
-        self.provider_default_conflicts.set(conflicts);
+        self.provider_default_conflicts
+            .set(sources.iter().map(|read| read()).sum());
     }
 }
 

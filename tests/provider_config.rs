@@ -139,6 +139,16 @@ impl World {
         serde_json::from_str(cm.data?.get("provider.json")?).ok()
     }
 
+    /// Waits until `/metrics` has a line starting with `line`.
+    async fn wait_metric(&self, line: &str) {
+        let addr = self.op.http_addr;
+        eventually(WAIT, line, || async move {
+            let (_, body) = support::http_get(addr, "/metrics").await?;
+            body.lines().any(|l| l.starts_with(line)).then_some(())
+        })
+        .await;
+    }
+
     /// Reasons of the Events about `name`, oldest first.
     async fn event_reasons(&self, name: &str) -> Vec<String> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
@@ -413,6 +423,9 @@ async fn oldest_default_wins_and_the_other_reports_a_conflict() {
             .await
             .contains(&"DefaultConflict".to_string())
     );
+    w.wait_metric("kiln_provider_default_conflicts 1").await;
+    w.wait_metric(r#"kiln_objects{kind="ProviderConfig",phase="Ready"} 2"#)
+        .await;
     assert!(
         w.event_reasons("z-older")
             .await
@@ -580,6 +593,7 @@ async fn rotating_a_key_updates_the_secret_fingerprint_and_rotation_time() {
             .then_some(())
     })
     .await;
+    w.wait_metric("kiln_provider_key_rotations_total 1").await;
 
     // More rotations, to measure the Secret → derived Secret latency.
     let mut samples = vec![latency];
@@ -870,6 +884,8 @@ async fn followers_roll_out_once_per_burst_and_never_on_create_or_restart() {
             .await
             .contains(&"RolloutTriggered".to_string())
     );
+    w.wait_metric(r#"kiln_provider_rollouts_total{kind="Deployment"} 1"#)
+        .await;
 
     // A restart after the rollout changes nothing either.
     w.op.restart("info,kiln=debug").await;

@@ -9,7 +9,7 @@ use crate::api::provider_config::{ProviderConfig, ProviderConfigStatus};
 use crate::conditions::find;
 use crate::controller::Context;
 
-const KIND: &str = "ProviderConfig";
+use super::KIND;
 
 /// What else happened in this reconcile that the statuses alone do not show.
 #[derive(Clone, Debug, Default)]

@@ -42,13 +42,14 @@ use crate::desired::provider_config::{
     Claimant, Credentials, PROVIDER_ROLE, Role, Target, elect, owner_reference, provider_json,
 };
 use crate::error::{Error, KubeContext, Result};
-use crate::metrics::{Metrics, ProviderConfigTally};
+use crate::metrics::Metrics;
 use events::Happenings;
 use status::{Facts, Standing};
 use sync::{Writer, Written};
 use triggers::{Siblings, claims_default, configs_for_secret};
 
 const NAME: &str = "providerconfig";
+const KIND: &str = "ProviderConfig";
 
 /// What the reconciles of one controller (one per scope) share.
 struct Shared {
@@ -64,23 +65,14 @@ pub fn start(
     let probe = store_ready(store.clone());
     let (siblings_tx, siblings_rx) = unbounded_channel();
     let mut siblings = Siblings::new(store.clone(), siblings_tx);
-    let (metrics, tally_store) = (ctx.metrics.clone(), store.clone());
-    let scope_label = match scope {
-        Scope::All => "*".to_string(),
-        Scope::Namespace(ns) => ns.clone(),
-    };
+    register_metrics(&ctx.metrics, &store);
     // The reflector updates the store before it passes an event on, so the tap below (and
     // the sibling reconciles it asks for) sees the change.
     let primary = reflector::reflector(
         writer,
         watcher(scope.api::<ProviderConfig>(&ctx.client), watcher_config()),
     )
-    .inspect_ok(move |event| {
-        siblings.observe(event);
-        if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
-            tally(&metrics, &scope_label, &tally_store);
-        }
-    })
+    .inspect_ok(move |event| siblings.observe(event))
     .applied_objects();
 
     let secret_store = store.clone();
@@ -111,21 +103,37 @@ pub fn start(
     (probe, task)
 }
 
-/// Configs by phase and default conflicts, from this controller's store.
-fn tally(metrics: &Metrics, scope: &str, store: &Store<ProviderConfig>) {
-    let mut t = ProviderConfigTally::default();
-    for pc in store.state() {
-        let status = pc.status.as_ref();
-        let phase = status
-            .and_then(|s| s.phase)
-            .map(|p| format!("{p:?}"))
-            .unwrap_or_else(|| "Pending".into());
-        *t.phases.entry(phase).or_insert(0) += 1;
-        if status.is_some_and(|s| crate::conditions::is_true(&s.conditions, DEFAULT_CONFLICT)) {
-            t.default_conflicts += 1;
-        }
-    }
-    metrics.set_provider_config_tally(scope, t);
+/// Configs by phase and default conflicts, counted from this controller's cache when
+/// `/metrics` is scraped.
+fn register_metrics(metrics: &Metrics, store: &Store<ProviderConfig>) {
+    let counted = store.clone();
+    metrics.register_phase_source(
+        KIND,
+        &["Pending", "Ready", "Degraded", "Unknown"],
+        move || {
+            counted
+                .state()
+                .iter()
+                .map(|pc| {
+                    let phase = pc.status.as_ref().and_then(|s| s.phase);
+                    phase.map(|p| format!("{p:?}"))
+                })
+                .collect()
+        },
+    );
+    let counted = store.clone();
+    metrics.register_provider_default_conflicts(move || {
+        let conflicts = counted
+            .state()
+            .iter()
+            .filter(|pc| {
+                pc.status
+                    .as_ref()
+                    .is_some_and(|s| crate::conditions::is_true(&s.conditions, DEFAULT_CONFLICT))
+            })
+            .count();
+        i64::try_from(conflicts).unwrap_or(i64::MAX)
+    });
 }
 
 #[tracing::instrument(skip_all, fields(namespace = pc.namespace().unwrap_or_default(), name = pc.name_any()))]
