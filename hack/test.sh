@@ -37,7 +37,7 @@ step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test"
-cargo test --locked --all-targets -- --test-threads=4
+cargo test --locked -- --test-threads=4
 
 if [ -x hack/test-argocd-health.sh ]; then
   step "Argo CD health checks (Lua 5.1)"
