@@ -66,11 +66,13 @@ pub fn start(
     let (siblings_tx, siblings_rx) = unbounded_channel();
     let mut siblings = Siblings::new(store.clone(), siblings_tx);
     register_metrics(&ctx.metrics, &store);
-    // The reflector updates the store before it passes an event on, so the tap below (and
-    // the sibling reconciles it asks for) sees the change.
+    // Managed fields are dropped before caching: nothing reads them. The reflector updates
+    // the store before it passes an event on, so the tap below (and the sibling reconciles it
+    // asks for) sees the change.
     let primary = reflector::reflector(
         writer,
-        watcher(scope.api::<ProviderConfig>(&ctx.client), watcher_config()),
+        watcher(scope.api::<ProviderConfig>(&ctx.client), watcher_config())
+            .modify(|pc| pc.managed_fields_mut().clear()),
     )
     .inspect_ok(move |event| siblings.observe(event))
     .applied_objects();
