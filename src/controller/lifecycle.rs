@@ -10,6 +10,11 @@ use kube::api::{DeleteParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use tracing::info;
+
+use super::Context;
 use crate::api::Expiration;
 use crate::duration;
 use crate::error::{KubeContext, Result};
@@ -119,4 +124,94 @@ where
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(Deleted::RacedWithAnEdit),
         Err(e) => Err(e).context(format!("deleting expired {}", obj.name_any())),
     }
+}
+
+/// Names an object kind in expiry Events, logs and metrics.
+pub struct Subject {
+    pub controller: &'static str,
+    pub kind: &'static str,
+    /// `retention` for a Draft, `ttl` for a Job.
+    pub clock: &'static str,
+}
+
+/// `expiration: Delete`: deletes the object unless it changed since it was read; on success
+/// records the expiry (metric, Event, log). Cleanup of what it owns follows from ownership
+/// or its finalizer.
+pub async fn expire_by_deleting<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &K,
+    life: &Lifecycle,
+    now: Timestamp,
+    who: &Subject,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match delete_if_unchanged(api, obj).await? {
+        Deleted::Yes => {
+            let lag = life.lag_seconds(now);
+            ctx.metrics.expired(who.controller, who.kind, lag);
+            let note = format!(
+                "{} {} ran out; {} deleted",
+                who.clock, life.ttl_text, who.controller
+            );
+            ctx.event(obj, EventType::Normal, "Expired", "Delete", note)
+                .await;
+            info!(lag, "expired {} deleted", who.controller);
+            Ok(Action::await_change())
+        }
+        Deleted::RacedWithAnEdit => Ok(Action::requeue(Duration::from_millis(200))),
+    }
+}
+
+/// `expiration: MarkExpired`: records the expiry once, when the object first becomes
+/// `Expired` (`already` says whether it was before this reconcile).
+pub async fn announce_marked_expired<K>(
+    ctx: &Context,
+    obj: &K,
+    life: &Lifecycle,
+    now: Timestamp,
+    who: &Subject,
+    already: bool,
+    kept: &str,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    if already {
+        return;
+    }
+    ctx.metrics
+        .expired(who.controller, who.kind, life.lag_seconds(now));
+    let note = format!("{} {} ran out; {kept}", who.clock, life.ttl_text);
+    ctx.event(obj, EventType::Normal, "Expired", "MarkExpired", note)
+        .await;
+}
+
+/// The `ExpiringSoon` condition for `life`; `what` names what expires ("the draft").
+pub fn expiring_soon_condition(life: &Lifecycle, what: &str) -> crate::conditions::Desired {
+    use crate::api::conditions::types::EXPIRING_SOON;
+    use crate::conditions::Desired;
+    match life.state {
+        ExpiryState::ExpiringSoon { requeue_at } => Desired::new(
+            EXPIRING_SOON,
+            true,
+            "ExpiresSoon",
+            format!("{what} expires at {requeue_at}"),
+        ),
+        _ => Desired::new(EXPIRING_SOON, false, "NotExpiringSoon", ""),
+    }
+}
+
+/// The conditions of an object kept after its TTL ran out (`MarkExpired`).
+pub fn expired_conditions(message: String) -> Vec<crate::conditions::Desired> {
+    use crate::api::conditions::types::{EXPIRED, EXPIRING_SOON, READY, RECONCILING, STALLED};
+    use crate::conditions::Desired;
+    vec![
+        Desired::new(EXPIRED, true, "TtlExpired", message.clone()),
+        Desired::new(READY, false, "Expired", message),
+        Desired::new(EXPIRING_SOON, false, "Expired", ""),
+        Desired::new(RECONCILING, false, "Reconciled", ""),
+        Desired::new(STALLED, false, "Reconciled", ""),
+    ]
 }

@@ -19,9 +19,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
-use super::lifecycle::{self, Deleted, Lifecycle, Remembered};
+use super::lifecycle::{self, Lifecycle, Remembered, Subject};
 use super::{Context, ReadinessProbe, Scope, backoff_on_error, drive, store_ready, watcher_config};
 use crate::api::Expiration;
 use crate::api::draft::Draft;
@@ -238,6 +237,12 @@ async fn write_status(
     Ok(())
 }
 
+const SUBJECT: Subject = Subject {
+    controller: NAME,
+    kind: KIND,
+    clock: "retention",
+};
+
 /// The retention ran out: delete the draft (if nothing changed since it was read), or
 /// keep it marked `Expired`. Published ConfigMaps are never owned by a draft: they stay.
 async fn expire(
@@ -249,42 +254,25 @@ async fn expire(
     now: Timestamp,
 ) -> Result<Action> {
     match life.expiration {
-        Expiration::Delete => match lifecycle::delete_if_unchanged(drafts, draft).await? {
-            Deleted::Yes => {
-                ctx.metrics.expired(NAME, KIND, life.lag_seconds(now));
-                ctx.event(
-                    draft,
-                    EventType::Normal,
-                    "Expired",
-                    "Delete",
-                    format!("retention {} ran out; draft deleted", life.ttl_text),
-                )
-                .await;
-                info!(lag = life.lag_seconds(now), "expired draft deleted");
-                Ok(Action::await_change())
-            }
-            Deleted::RacedWithAnEdit => Ok(Action::requeue(std::time::Duration::from_millis(200))),
-        },
+        Expiration::Delete => {
+            lifecycle::expire_by_deleting(ctx, drafts, draft, life, now, &SUBJECT).await
+        }
         Expiration::MarkExpired => {
-            let desired = status::expired(draft, current, life, now);
-            if !crate::conditions::is_true(
+            let already = crate::conditions::is_true(
                 &current.conditions,
                 crate::api::conditions::types::EXPIRED,
-            ) {
-                ctx.metrics.expired(NAME, KIND, life.lag_seconds(now));
-                ctx.event(
-                    draft,
-                    EventType::Normal,
-                    "Expired",
-                    "MarkExpired",
-                    format!(
-                        "retention {} ran out; draft kept and marked Expired",
-                        life.ttl_text
-                    ),
-                )
-                .await;
-            }
-            write_status(drafts, draft, desired).await?;
+            );
+            lifecycle::announce_marked_expired(
+                ctx,
+                draft,
+                life,
+                now,
+                &SUBJECT,
+                already,
+                "draft kept and marked Expired",
+            )
+            .await;
+            write_status(drafts, draft, status::expired(draft, current, life, now)).await?;
             Ok(Action::requeue(ctx.settings.resync))
         }
     }

@@ -3,14 +3,13 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::lifecycle::Lifecycle;
+use super::lifecycle::{self, Lifecycle};
 use super::publish::Outcome;
 use super::schema::Verdict;
 use crate::api::conditions::types::*;
 use crate::api::draft::{Draft, DraftPhase, DraftStatus, PublishedRevision, RevisionRecord};
 use crate::conditions::{Desired, merge};
 use crate::desired::draft::Publication;
-use crate::expiry::ExpiryState;
 
 /// At most this many entries are kept in `status.history` (the oldest go first); Events and
 /// the revision ConfigMaps carry the rest of the audit trail. Keeps the object far from
@@ -113,7 +112,7 @@ pub fn build(
     desired.push(ready);
     desired.push(stalled);
     desired.push(Desired::new(RECONCILING, false, "Reconciled", ""));
-    desired.push(expiring_soon(life));
+    desired.push(lifecycle::expiring_soon_condition(life, "the draft"));
 
     status.phase = Some(if ready_ok {
         DraftPhase::Ready
@@ -226,18 +225,6 @@ fn apply_lifecycle(status: &mut DraftStatus, life: &Lifecycle) {
     status.expires_at = Some(Time(life.expires_at));
 }
 
-fn expiring_soon(life: &Lifecycle) -> Desired {
-    match life.state {
-        ExpiryState::ExpiringSoon { requeue_at } => Desired::new(
-            EXPIRING_SOON,
-            true,
-            "RetentionEnding",
-            format!("the draft expires at {requeue_at}"),
-        ),
-        _ => Desired::new(EXPIRING_SOON, false, "RetentionActive", ""),
-    }
-}
-
 /// Status of a draft kept after its retention ran out (`MarkExpired`).
 pub fn expired(
     draft: &Draft,
@@ -255,13 +242,7 @@ pub fn expired(
     );
     status.conditions = merge(
         &current.conditions,
-        &[
-            Desired::new(EXPIRED, true, "RetentionExpired", message.clone()),
-            Desired::new(READY, false, "Expired", message),
-            Desired::new(EXPIRING_SOON, false, "Expired", ""),
-            Desired::new(RECONCILING, false, "Reconciled", ""),
-            Desired::new(STALLED, false, "Reconciled", ""),
-        ],
+        &lifecycle::expired_conditions(message),
         &[],
         draft.metadata.generation,
         now,

@@ -18,7 +18,7 @@ use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::lifecycle::{self, Deleted, Lifecycle, Remembered};
+use super::lifecycle::{self, Lifecycle, Remembered, Subject};
 use super::{Context, ReadinessProbe, Scope, backoff_on_error, drive, store_ready, watcher_config};
 use crate::api::Expiration;
 use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus};
@@ -316,9 +316,14 @@ async fn write_status(jobs: &Api<KilnJob>, job: &KilnJob, desired: KilnJobStatus
     Ok(())
 }
 
+const SUBJECT: Subject = Subject {
+    controller: NAME,
+    kind: KIND,
+    clock: "ttl",
+};
+
 /// The TTL ran out: delete the Job (its finalizer then removes the files), or keep it
 /// marked `Expired` with its files and archive freed.
-#[allow(clippy::too_many_arguments)]
 async fn expire(
     ctx: &Context,
     jobs: &Api<KilnJob>,
@@ -329,35 +334,22 @@ async fn expire(
     now: Timestamp,
 ) -> Result<Action> {
     match life.expiration {
-        Expiration::Delete => match lifecycle::delete_if_unchanged(jobs, job).await? {
-            Deleted::Yes => {
-                ctx.metrics.expired(NAME, KIND, life.lag_seconds(now));
-                ctx.event(
-                    job,
-                    EventType::Normal,
-                    "Expired",
-                    "Delete",
-                    format!("ttl {} ran out; job deleted", life.ttl_text),
-                )
-                .await;
-                info!(lag = life.lag_seconds(now), "expired job deleted");
-                Ok(Action::await_change())
-            }
-            Deleted::RacedWithAnEdit => Ok(Action::requeue(std::time::Duration::from_millis(200))),
-        },
+        Expiration::Delete => {
+            lifecycle::expire_by_deleting(ctx, jobs, job, life, now, &SUBJECT).await
+        }
         Expiration::MarkExpired => {
             blocking(&ctx.workspace, move |ws| ws.remove_job(&key)).await?;
-            if current.phase != Some(JobPhase::Expired) {
-                ctx.metrics.expired(NAME, KIND, life.lag_seconds(now));
-                ctx.event(
-                    job,
-                    EventType::Normal,
-                    "Expired",
-                    "MarkExpired",
-                    format!("ttl {} ran out; files deleted, job kept", life.ttl_text),
-                )
-                .await;
-            }
+            let already = current.phase == Some(JobPhase::Expired);
+            lifecycle::announce_marked_expired(
+                ctx,
+                job,
+                life,
+                now,
+                &SUBJECT,
+                already,
+                "files deleted, job kept",
+            )
+            .await;
             write_status(jobs, job, status::expired(job, current, life, now)).await?;
             Ok(Action::requeue(ctx.settings.resync))
         }

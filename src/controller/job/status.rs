@@ -4,11 +4,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::declared::Problem;
-use super::lifecycle::Lifecycle;
+use super::lifecycle::{self, Lifecycle};
 use crate::api::conditions::types::*;
 use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus};
 use crate::conditions::{Desired, merge};
-use crate::expiry::ExpiryState;
 
 /// Type of the condition that reports uploaded files lost with the pod's workspace.
 pub const WORKSPACE_LOST: &str = "WorkspaceLost";
@@ -107,7 +106,7 @@ pub fn build(
         complete,
         stalled,
         Desired::new(RECONCILING, false, "Reconciled", ""),
-        expiring_soon(life),
+        lifecycle::expiring_soon_condition(life, "the job (and its files)"),
     ];
     let mut remove = vec![EXPIRED];
     match &seen.lost_uploads {
@@ -151,18 +150,6 @@ fn apply_lifecycle(status: &mut KilnJobStatus, life: &Lifecycle) {
     status.expires_at = Some(Time(life.expires_at));
 }
 
-fn expiring_soon(life: &Lifecycle) -> Desired {
-    match life.state {
-        ExpiryState::ExpiringSoon { requeue_at } => Desired::new(
-            EXPIRING_SOON,
-            true,
-            "TtlEnding",
-            format!("the job and its files expire at {requeue_at}"),
-        ),
-        _ => Desired::new(EXPIRING_SOON, false, "TtlActive", ""),
-    }
-}
-
 /// Status of a job kept after its TTL ran out (`MarkExpired`): its files and archive are gone.
 pub fn expired(
     job: &KilnJob,
@@ -184,13 +171,7 @@ pub fn expired(
     status.message = Some(message.clone());
     status.conditions = merge(
         &current.conditions,
-        &[
-            Desired::new(EXPIRED, true, "TtlExpired", message.clone()),
-            Desired::new(READY, false, "Expired", message),
-            Desired::new(EXPIRING_SOON, false, "Expired", ""),
-            Desired::new(RECONCILING, false, "Reconciled", ""),
-            Desired::new(STALLED, false, "Reconciled", ""),
-        ],
+        &lifecycle::expired_conditions(message),
         &[WORKSPACE_LOST],
         job.metadata.generation,
         now,
