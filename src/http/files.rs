@@ -113,6 +113,23 @@ impl FileApi {
         }
     }
 
+    /// What a workspace call on the blocking pool needs: the workspace, the Job's key, and
+    /// the mapping of workspace errors that explains them in terms of this Job.
+    fn for_blocking(
+        &self,
+        target: &Target,
+    ) -> (
+        Arc<Workspace>,
+        workspace::JobKey,
+        impl Fn(workspace::Error) -> ApiError + Send + 'static,
+    ) {
+        (
+            self.workspace.clone(),
+            target.key.clone(),
+            workspace_error(target),
+        )
+    }
+
     /// The Job controller counts files and bytes in the Job's status: tell it to look now.
     fn written(&self, target: &Target) {
         self.nudge.nudge(&target.namespace, &target.name);
@@ -360,11 +377,7 @@ pub async fn create(
     let limit = json_body_limit(api.workspace.limits().max_file_bytes);
     let file: FileContent = parse_json(&read_body(&headers, body, limit).await?)?;
     let path = job_path(&file.path)?;
-    let (ws, key, on_err) = (
-        api.workspace.clone(),
-        target.key.clone(),
-        workspace_error(&target),
-    );
+    let (ws, key, on_err) = api.for_blocking(&target);
     let outcome = blocking(move || {
         let data = file.into_bytes()?;
         ws.write(&key, &path, &data).map_err(on_err)
@@ -388,11 +401,7 @@ pub async fn put(
     // With a Content-Length the workspace refuses an over-limit file before reading a byte.
     let size_hint = content_length(&headers);
     let reader = BodyReader::new(body);
-    let (ws, key, on_err) = (
-        api.workspace.clone(),
-        target.key.clone(),
-        workspace_error(&target),
-    );
+    let (ws, key, on_err) = api.for_blocking(&target);
     let outcome = blocking(move || {
         ws.write_from_reader(&key, &path, reader, size_hint)
             .map_err(on_err)
@@ -418,11 +427,7 @@ pub async fn batch(
     if request.files.is_empty() {
         return Err(ApiError::validation("the batch has no files"));
     }
-    let (ws, key, on_err) = (
-        api.workspace.clone(),
-        target.key.clone(),
-        workspace_error(&target),
-    );
+    let (ws, key, on_err) = api.for_blocking(&target);
     let results = blocking(move || {
         Ok(request
             .files
@@ -478,11 +483,7 @@ pub async fn list(
     let api = &state.files;
     let p = params(p)?;
     let target = api.admit(&headers, &p, Verb::List).await?;
-    let (ws, key, on_err) = (
-        api.workspace.clone(),
-        target.key.clone(),
-        workspace_error(&target),
-    );
+    let (ws, key, on_err) = api.for_blocking(&target);
     let files = blocking(move || ws.list(&key).map_err(on_err)).await?;
     let total: u64 = files.iter().map(|f| f.size_bytes).sum();
     Ok(Json(json!({
@@ -504,11 +505,7 @@ pub async fn read(
     let target = api.admit(&headers, &p, Verb::Get).await?;
     let path = job_path(p.path.as_deref().unwrap_or_default())?;
     let content_type = content_type(&path);
-    let (ws, key, on_err) = (
-        api.workspace.clone(),
-        target.key.clone(),
-        workspace_error(&target),
-    );
+    let (ws, key, on_err) = api.for_blocking(&target);
     let open = blocking(move || ws.open_file(&key, &path).map_err(on_err)).await?;
     Ok(stream_file(
         open.file,
@@ -527,11 +524,7 @@ pub async fn delete(
     let p = params(p)?;
     let target = api.admit(&headers, &p, Verb::Delete).await?;
     let path = job_path(p.path.as_deref().unwrap_or_default())?;
-    let (ws, key, on_err) = (
-        api.workspace.clone(),
-        target.key.clone(),
-        workspace_error(&target),
-    );
+    let (ws, key, on_err) = api.for_blocking(&target);
     blocking(move || ws.delete(&key, &path).map_err(on_err)).await?;
     api.written(&target);
     Ok(StatusCode::NO_CONTENT.into_response())
