@@ -42,6 +42,11 @@ pub struct WorkloadLabels {
 /// Counts one controller's cache, at scrape time.
 type CountFn = Box<dyn Fn() -> i64 + Send + Sync>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkspaceLabels {
+    pub what: &'static str,
+}
+
 type PhaseFn = Box<dyn Fn() -> Vec<Option<String>> + Send + Sync>;
 
 struct PhaseSource {
@@ -81,6 +86,9 @@ pub struct Metrics {
     /// Where `objects` counts come from: each controller's cache, read at scrape time, so
     /// the numbers are exact and deleted objects never linger.
     phase_sources: Mutex<Vec<PhaseSource>>,
+    /// The job workspace, read at scrape time (its accounting is in memory: no disk scan).
+    workspace: std::sync::OnceLock<std::sync::Arc<crate::workspace::Workspace>>,
+    workspace_gauges: Family<WorkspaceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -165,6 +173,12 @@ impl Metrics {
             archive_bytes.clone(),
         );
         let http = HttpMetrics::register(&mut registry);
+        let workspace_gauges = Family::<WorkspaceLabels, Gauge>::default();
+        registry.register(
+            "workspace",
+            "Job workspace usage: jobs, files, bytes (of files) and archive_bytes",
+            workspace_gauges.clone(),
+        );
         Self {
             http,
             archive_duration,
@@ -182,6 +196,8 @@ impl Metrics {
             provider_conflict_sources: Mutex::new(Vec::new()),
             encode_lock: Mutex::new(()),
             phase_sources: Mutex::new(Vec::new()),
+            workspace: std::sync::OnceLock::new(),
+            workspace_gauges,
         }
     }
 
@@ -194,6 +210,7 @@ impl Metrics {
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let _guard = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh_phase_counts();
+        self.refresh_workspace();
         self.refresh_provider_default_conflicts();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
@@ -246,6 +263,29 @@ impl Metrics {
             phases,
             read: Box::new(read),
         });
+    }
+
+    /// Exports the workspace's usage from now on.
+    pub fn watch_workspace(&self, workspace: std::sync::Arc<crate::workspace::Workspace>) {
+        let _ = self.workspace.set(workspace);
+    }
+
+    fn refresh_workspace(&self) {
+        let Some(ws) = self.workspace.get() else {
+            return;
+        };
+        let usage = ws.usage();
+        for (what, value) in [
+            ("jobs", usage.jobs),
+            ("files", usage.files),
+            ("bytes", usage.bytes),
+            ("archive_bytes", usage.archive_bytes),
+        ] {
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            self.workspace_gauges
+                .get_or_create(&WorkspaceLabels { what })
+                .set(value);
+        }
     }
 
     fn refresh_phase_counts(&self) {

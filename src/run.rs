@@ -50,6 +50,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let job_nudge = crate::controller::nudge::Nudge::default();
     let metrics = Arc::new(Metrics::new());
+    metrics.watch_workspace(workspace.clone());
     let health = Health::default();
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());

@@ -59,6 +59,9 @@ async fn examples_become_ready() {
     for line in [
         "kiln_objects{kind=\"Draft\",phase=\"Ready\"} 1",
         "kiln_objects{kind=\"Job\",phase=\"Complete\"} 1",
+        // The example job: README.md, src/main.py and plan.json.
+        "kiln_workspace{what=\"jobs\"} 1",
+        "kiln_workspace{what=\"files\"} 3",
     ] {
         assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
     }
