@@ -130,4 +130,32 @@ pub struct RunArgs {
     /// How often every object is reconciled again even without a change.
     #[arg(long, env = "KILN_RESYNC", default_value = "10m")]
     pub resync: String,
+
+    /// Most reconciles of one kind running at once (per watched namespace). Bounds the
+    /// operator's connections to the API server and its share of the server's in-flight
+    /// request limit when many objects change at once.
+    #[arg(long, env = "KILN_CONCURRENCY", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<Box<RunArgs>, clap::Error> {
+        let argv = ["kiln", "run"].iter().chain(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn concurrency_defaults_to_sixteen_and_refuses_zero() {
+        assert_eq!(run_args(&[]).expect("defaults").concurrency, 16);
+        assert_eq!(run_args(&["--concurrency=4"]).expect("4").concurrency, 4);
+        let zero = run_args(&["--concurrency=0"]).expect_err("0 must be refused");
+        assert_eq!(zero.kind(), clap::error::ErrorKind::ValueValidation);
+    }
 }

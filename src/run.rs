@@ -37,6 +37,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         rollout_debounce: parse_duration("--rollout-debounce", &args.rollout_debounce)?,
         workspace_dir: args.workspace_dir.clone(),
+        concurrency: args.concurrency,
     });
     let limits = crate::workspace::Limits {
         max_file_bytes: args.max_file_bytes,

@@ -18,10 +18,20 @@ pub struct Bench {
     /// How the operator binary was built.
     pub operator_build: String,
     pub kubernetes_version: String,
+    /// `kiln run --concurrency` for every operator the benchmark starts (None: Kiln's default).
+    pub kiln_concurrency: Option<u16>,
 }
 
 impl Bench {
-    pub async fn start() -> anyhow::Result<Bench> {
+    /// How many reconciles Kiln runs at once, for the reports.
+    pub fn kiln_concurrency_label(&self) -> String {
+        match self.kiln_concurrency {
+            Some(c) => c.to_string(),
+            None => "16 (default)".into(),
+        }
+    }
+
+    pub async fn start(kiln_concurrency: Option<u16>) -> anyhow::Result<Bench> {
         let started = Instant::now();
         let cp = support::control_plane();
         eprintln!(
@@ -49,6 +59,7 @@ impl Bench {
             client,
             operator_build,
             kubernetes_version: version.git_version,
+            kiln_concurrency,
         })
     }
 
@@ -102,6 +113,9 @@ pub fn memory_of(pid: u32) -> anyhow::Result<Memory> {
 pub async fn start_kiln(bench: &Bench, namespace: &str, extra: &[&str]) -> Operator {
     let mut options = OperatorOptions::namespace(namespace);
     options.extra_args = extra.iter().map(|s| s.to_string()).collect();
+    if let Some(c) = bench.kiln_concurrency {
+        options.extra_args.push(format!("--concurrency={c}"));
+    }
     options.log_level = OPERATOR_LOG.into();
     Operator::start(bench.cp, options).await
 }

@@ -494,8 +494,7 @@ pub async fn convergence(b: &Bench, args: &Args) -> anyhow::Result<(Report, Worl
         run.total.as_secs_f64()
     );
 
-    // Baselines, at the benchmark's concurrency and with every draft in flight at once (as
-    // Kiln's controller, whose concurrency kube-runtime leaves unbounded, may do).
+    // Baselines, at the benchmark's concurrency and with every draft in flight at once.
     let mut plans = vec![Baseline {
         in_flight,
         events: false,
@@ -553,7 +552,8 @@ pub async fn convergence(b: &Bench, args: &Args) -> anyhow::Result<(Report, Worl
     r.line("| run | concurrency | time (s) | drafts/s | vs fastest plain baseline |");
     r.line("|---|---:|---:|---:|---:|");
     r.line(format!(
-        "| **Kiln** (create → all Ready) | {in_flight} (creates); Kiln: unbounded | **{:.2}** | {:.0} | **{:.2}×** |",
+        "| **Kiln** (create → all Ready) | {in_flight} (creates); Kiln: {} | **{:.2}** | {:.0} | **{:.2}×** |",
+        b.kiln_concurrency_label(),
         run.total.as_secs_f64(),
         n as f64 / run.total.as_secs_f64(),
         ratio

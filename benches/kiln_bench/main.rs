@@ -72,6 +72,10 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
 
+    /// `kiln run --concurrency`: reconciles Kiln runs at once (default: Kiln's own default).
+    #[arg(long)]
+    pub kiln_concurrency: Option<u16>,
+
     /// Files in the generated project (archive scenario).
     #[arg(long)]
     pub files: Option<usize>,
@@ -181,7 +185,7 @@ async fn run(args: &Args, scenarios: &[Scenario]) -> anyhow::Result<()> {
     let needs_cluster = scenarios.iter().any(|s| *s != Scenario::Archive);
     let mut converged: Option<drafts::World> = None;
     let bench = if needs_cluster {
-        let b = cluster::Bench::start().await?;
+        let b = cluster::Bench::start(args.kiln_concurrency).await?;
         drafts::warm_up(&b, args).await?;
         Some(b)
     } else {

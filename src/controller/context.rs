@@ -23,6 +23,8 @@ pub struct Settings {
     pub rollout_debounce: Duration,
     /// Root of the job workspace (the pod's emptyDir).
     pub workspace_dir: std::path::PathBuf,
+    /// Most reconciles of one controller running at once.
+    pub concurrency: u16,
 }
 
 /// Shared by all reconciles of all controllers.

@@ -17,7 +17,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
@@ -99,7 +99,9 @@ pub async fn drive<K, R, E>(
     E: std::error::Error + Send + Sync + 'static,
 {
     info!(controller = name, "controller started");
+    let config = controller::Config::default().concurrency(ctx.settings.concurrency);
     controller
+        .with_config(config)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
