@@ -428,6 +428,47 @@ async fn edited_and_deleted_published_configmaps_are_repaired() {
 }
 
 #[tokio::test]
+async fn a_leftover_revision_with_other_content_is_replaced() {
+    let w = world("d-leftover", &[]).await;
+    // An immutable revision an earlier holder of the configId left behind (its published
+    // ConfigMap deleted by hand), with other content under the name Kiln writes next.
+    let leftover: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": "reused-content-r1",
+            "labels": {
+                "app.kubernetes.io/managed-by": "kiln",
+                "kiln.dev/config-id": "reused",
+                "kiln.dev/config-type": "content",
+                "kiln.dev/role": "revision",
+                "kiln.dev/revision": "1",
+            },
+        },
+        "immutable": true,
+        "data": {"reused-content.json": "{\"id\":\"old\"}"},
+    }))
+    .expect("cm");
+    let leftover = w
+        .cms
+        .create(&PostParams::default(), &leftover)
+        .await
+        .expect("create leftover");
+    w.create(&draft(
+        "g",
+        "content",
+        content_config("new"),
+        json!({"publish": {"configId": "reused"}}),
+    ))
+    .await;
+    w.wait("g", "Ready", |d| is(d, "Ready", "True")).await;
+    let r1 = w.configmap("reused-content-r1").await.expect("r1");
+    assert_eq!(data(&r1, "reused-content.json")["id"], "new");
+    assert_eq!(r1.immutable, Some(true));
+    assert_ne!(r1.uid(), leftover.uid(), "replaced, not the leftover");
+    let published = w.configmap("reused-content").await.expect("published");
+    assert_eq!(data(&published, "reused-content.json")["id"], "new");
+}
+
+#[tokio::test]
 async fn unmanaged_configmap_is_never_touched() {
     let w = world("d-conflict", &[]).await;
     let theirs: ConfigMap = serde_json::from_value(

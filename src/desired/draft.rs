@@ -230,6 +230,15 @@ pub fn holder(existing: Option<&ConfigMap>, source: &Source) -> Holder {
 }
 
 /// Revisions to delete so that at most `keep` remain, oldest first.
+/// Whether writing revision `revision` can leave more than `keep` revisions of a configId.
+/// Revisions are numbered upward from 1 and never reused, so while the newest is at most
+/// `keep` there cannot be too many, and the list request pruning needs can be skipped.
+/// (Leftovers of an earlier holder whose published ConfigMap was deleted by hand are
+/// pruned once the numbering passes `keep`.)
+pub fn may_need_pruning(revision: i64, keep: i32) -> bool {
+    revision > i64::from(keep.max(1))
+}
+
 pub fn revisions_to_prune(mut existing: Vec<i64>, keep: i32) -> Vec<i64> {
     existing.sort_unstable();
     existing.dedup();
@@ -249,6 +258,16 @@ mod tests {
             name: "d".into(),
             uid: "u1".into(),
         }
+    }
+
+    #[test]
+    fn pruning_is_needed_only_past_keep() {
+        assert!(!may_need_pruning(1, 5));
+        assert!(!may_need_pruning(5, 5));
+        assert!(may_need_pruning(6, 5));
+        // keep below 1 is treated as 1, as in revisions_to_prune.
+        assert!(!may_need_pruning(1, 0));
+        assert!(may_need_pruning(2, 0));
     }
 
     #[test]

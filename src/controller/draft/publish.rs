@@ -8,7 +8,9 @@ use kube::{Api, ResourceExt};
 
 use crate::api::draft::{Draft, PublishedRevision};
 use crate::apply::managers;
-use crate::desired::draft::{Holder, Publication, Source, holder, revisions_to_prune};
+use crate::desired::draft::{
+    Holder, Publication, Source, holder, may_need_pruning, revisions_to_prune,
+};
 use crate::desired::labels;
 use crate::error::{KubeContext, Result};
 
@@ -126,43 +128,56 @@ impl Publisher<'_> {
     ) -> Result<Outcome> {
         self.write_revision(publication, revision).await?;
         self.apply_current(publication, revision).await?;
-        let pruned = self.prune(publication, keep).await?;
+        let pruned = if may_need_pruning(revision, keep) {
+            self.prune(publication, keep).await?
+        } else {
+            Vec::new()
+        };
         Ok(Outcome::NewRevision { revision, pruned })
     }
 
     /// Writes the immutable revision ConfigMap. A leftover of that name with other content
     /// (from a draft that held the configId before) is replaced, since immutable ConfigMaps
-    /// cannot be updated.
+    /// cannot be updated. The create comes first: the name is almost always free, so reading
+    /// it beforehand would cost a request on every new revision.
     async fn write_revision(&self, publication: &Publication, revision: i64) -> Result<()> {
         let name = publication.revision_name(revision);
         let desired = publication.revision(self.namespace, &self.source, revision);
-        if let Some(existing) = self
+        if self.create_revision(&name, &desired).await? {
+            return Ok(());
+        }
+        let existing = self
             .configmaps
             .get_opt(&name)
             .await
-            .context(format!("reading ConfigMap {name}"))?
-        {
-            if existing.data == desired.data {
-                return Ok(());
-            }
-            self.configmaps
-                .delete(&name, &DeleteParams::default())
-                .await
-                .context(format!("replacing stale revision ConfigMap {name}"))?;
+            .context(format!("reading ConfigMap {name}"))?;
+        if existing.is_some_and(|cm| cm.data == desired.data) {
+            return Ok(());
         }
         match self
             .configmaps
-            .create(
-                &PostParams {
-                    field_manager: Some(managers::DRAFT.into()),
-                    ..Default::default()
-                },
-                &desired,
-            )
+            .delete(&name, &DeleteParams::default())
             .await
         {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e).context(format!("replacing stale revision ConfigMap {name}")),
+        }
+        // A concurrent writer of the same revision (this draft's previous reconcile) wrote
+        // the same content; anything else is caught by the next reconcile's comparison.
+        self.create_revision(&name, &desired).await?;
+        Ok(())
+    }
+
+    /// Creates a revision ConfigMap; `false` when one of that name already exists.
+    async fn create_revision(&self, name: &str, desired: &ConfigMap) -> Result<bool> {
+        let params = PostParams {
+            field_manager: Some(managers::DRAFT.into()),
+            ..Default::default()
+        };
+        match self.configmaps.create(&params, desired).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e).context(format!("creating revision ConfigMap {name}")),
         }
     }
