@@ -154,15 +154,7 @@ impl Publisher<'_> {
         if existing.is_some_and(|cm| cm.data == desired.data) {
             return Ok(());
         }
-        match self
-            .configmaps
-            .delete(&name, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e).context(format!("replacing stale revision ConfigMap {name}")),
-        }
+        self.delete_revision(&name, "replacing stale").await?;
         // A concurrent writer of the same revision (this draft's previous reconcile) wrote
         // the same content; anything else is caught by the next reconcile's comparison.
         self.create_revision(&name, &desired).await?;
@@ -225,17 +217,18 @@ impl Publisher<'_> {
             .collect();
         let prune = revisions_to_prune(revisions, keep);
         for revision in &prune {
-            let name = publication.revision_name(*revision);
-            match self
-                .configmaps
-                .delete(&name, &DeleteParams::default())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e).context(format!("pruning revision ConfigMap {name}")),
-            }
+            self.delete_revision(&publication.revision_name(*revision), "pruning")
+                .await?;
         }
         Ok(prune)
+    }
+
+    /// Deletes a revision ConfigMap; one already gone is fine.
+    async fn delete_revision(&self, name: &str, why: &str) -> Result<()> {
+        match self.configmaps.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e).context(format!("{why} revision ConfigMap {name}")),
+        }
     }
 }
