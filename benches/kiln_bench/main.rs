@@ -5,6 +5,7 @@
 //! cargo bench --bench kiln_bench                       # quick version of every scenario
 //! cargo bench --bench kiln_bench -- --full             # the sizes DESIGN.md names
 //! cargo bench --bench kiln_bench -- convergence --n 1000
+//! cargo bench --bench kiln_bench -- upload --full
 //! ```
 //!
 //! See `benches/README.md` for what each scenario measures and how to read the results.
@@ -20,13 +21,14 @@ mod archive;
 mod cluster;
 mod drafts;
 mod report;
+mod upload;
 
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 
-/// The scenarios, in the order a full run takes them (the 10,000-draft world last but one,
-/// so that it does not slow down the others; the archive needs no control plane).
+/// The scenarios, in the order a full run takes them (the 10,000-draft world after the other
+/// draft scenarios, so that it does not slow them down; the archive needs no control plane).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Scenario {
     /// N drafts with `publish`, applied at once, until Ready and published; vs the same
@@ -40,6 +42,9 @@ pub enum Scenario {
     Memory,
     /// `Workspace::build_archive` vs `zip -r -q` on the same files.
     Archive,
+    /// Uploads through the Job file API vs `std::fs::write` and durable writes of the same
+    /// files.
+    Upload,
 }
 
 /// Kiln's benchmarks. Results go to `benches/results/`.
@@ -51,7 +56,8 @@ pub struct Args {
     pub scenarios: Vec<Scenario>,
 
     /// Use the sizes DESIGN.md names (N = 1,000 drafts, 10,000 for memory, 50 expiring drafts,
-    /// a 2,000-file / 100 MiB project) instead of the quick ones.
+    /// a 2,000-file / 100 MiB project, 1,000 × 10 KiB and 1 × 50 MiB uploads) instead of the
+    /// quick ones.
     #[arg(long)]
     pub full: bool,
 
@@ -84,7 +90,15 @@ pub struct Args {
     #[arg(long)]
     pub mib: Option<u64>,
 
-    /// Repetitions of each archive build (the median is reported).
+    /// Small files of 10 KiB uploaded each way (upload scenario).
+    #[arg(long)]
+    pub uploads: Option<usize>,
+
+    /// Size of the one large upload in MiB (upload scenario).
+    #[arg(long)]
+    pub upload_mib: Option<u64>,
+
+    /// Repetitions of each archive build and of each upload run (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
 
@@ -119,6 +133,12 @@ impl Args {
     }
     pub fn project_mib(&self) -> u64 {
         self.mib.unwrap_or(if self.full { 100 } else { 20 })
+    }
+    pub fn small_uploads(&self) -> usize {
+        self.uploads.unwrap_or(if self.full { 1000 } else { 200 })
+    }
+    pub fn large_upload_mib(&self) -> u64 {
+        self.upload_mib.unwrap_or(if self.full { 50 } else { 10 })
     }
     /// The concurrency as a `buffer_unordered` limit.
     pub fn in_flight(&self, n: usize) -> usize {
@@ -159,6 +179,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Expiry,
             Scenario::Memory,
             Scenario::Archive,
+            Scenario::Upload,
         ]
     } else {
         args.scenarios.clone()
@@ -183,10 +204,14 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: &Args, scenarios: &[Scenario]) -> anyhow::Result<()> {
     let machine = report::Machine::describe();
     let needs_cluster = scenarios.iter().any(|s| *s != Scenario::Archive);
+    // The warm-up writes drafts: only the draft scenarios gain from it.
+    let needs_warm_up = scenarios.iter().any(|s| *s < Scenario::Archive);
     let mut converged: Option<drafts::World> = None;
     let bench = if needs_cluster {
         let b = cluster::Bench::start(args.kiln_concurrency).await?;
-        drafts::warm_up(&b, args).await?;
+        if needs_warm_up {
+            drafts::warm_up(&b, args).await?;
+        }
         Some(b)
     } else {
         None
@@ -215,6 +240,7 @@ async fn run(args: &Args, scenarios: &[Scenario]) -> anyhow::Result<()> {
             }
             (Scenario::Expiry, Some(b)) => drafts::expiry(b, args).await?,
             (Scenario::Memory, Some(b)) => drafts::memory(b, args).await?,
+            (Scenario::Upload, Some(b)) => upload::run(b, args).await?,
         };
         // The converged world's operator is only kept for the economy scenario.
         if *scenario != Scenario::Convergence
