@@ -197,8 +197,10 @@ pub fn sum_metric(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix(name)?;
+            // The last brace closes the label set: label values (route templates) may
+            // hold braces of their own.
             let (labelset, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once('}')?,
+                Some(r) => r.rsplit_once('}')?,
                 None if rest.starts_with(' ') => ("", rest),
                 None => return None,
             };

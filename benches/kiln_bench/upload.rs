@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use kiln::api::KilnJob;
 
 use crate::Args;
-use crate::cluster::{Bench, kiln_memory, kiln_warnings, start_kiln, stop_kiln};
+use crate::cluster::{Bench, kiln_memory, kiln_warnings, start_kiln, stop_kiln, sum_metric};
 use crate::report::{Report, median, mib, round};
 use crate::support::{HttpBody, Operator, http_get, http_request};
 
@@ -289,24 +289,20 @@ impl Uploader<'_> {
         Ok(())
     }
 
-    /// `kiln_http_request_duration_seconds` `(sum, count)` for a route and method so far.
-    /// Read by exact label set rather than with `cluster::sum_metric`: the route templates
-    /// hold braces, which that parser takes for the end of the labels.
+    /// `kiln_http_request_duration_seconds` `(sum, count)` for a route and method so far
+    /// (0 before the first request of that route and method).
     async fn server_time(&self, route: &str, method: &str) -> anyhow::Result<(f64, f64)> {
         let (code, metrics) = http_get(self.kiln.http_addr, "/metrics")
             .await
             .context("scraping kiln's /metrics")?;
         ensure!(code == 200, "kiln's /metrics answered {code}");
-        let value = |suffix: &str| -> f64 {
-            let key = format!(
-                "kiln_http_request_duration_seconds_{suffix}{{route=\"{route}\",method=\"{method}\"}} "
-            );
-            // No series yet: no request of that route and method so far.
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(&key))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0.0)
+        let labels = format!("route=\"{route}\",method=\"{method}\"");
+        let value = |suffix: &str| {
+            sum_metric(
+                &metrics,
+                &format!("kiln_http_request_duration_seconds_{suffix}"),
+                &labels,
+            )
         };
         Ok((value("sum"), value("count")))
     }
