@@ -155,8 +155,8 @@ impl Publisher<'_> {
             return Ok(());
         }
         self.delete_revision(&name, "replacing stale").await?;
-        // A concurrent writer of the same revision (this draft's previous reconcile) wrote
-        // the same content; anything else is caught by the next reconcile's comparison.
+        // Reconciles of one draft never overlap, so only a writer outside Kiln can take the
+        // name between the delete and this create; its object is then left alone.
         self.create_revision(&name, &desired).await?;
         Ok(())
     }
