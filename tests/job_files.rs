@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::{
     ControlPlane, HttpBody, HttpResponse, Operator, OperatorOptions, control_plane, eventually,
-    http_request, namespace,
+    http_request, namespace, noise,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -277,20 +277,6 @@ fn snapshot(root: &Path, times: bool) -> BTreeMap<PathBuf, (Entry, Option<System
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
-}
-
-/// Deterministic bytes that do not compress (xorshift).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[tokio::test]

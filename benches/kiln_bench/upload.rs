@@ -18,7 +18,7 @@ use kiln::api::KilnJob;
 use crate::Args;
 use crate::cluster::{Bench, kiln_memory, kiln_warnings, start_kiln, stop_kiln, sum_metric};
 use crate::report::{Report, median, mib, round};
-use crate::support::{HttpBody, Operator, http_get, http_request};
+use crate::support::{HttpBody, Operator, http_get, http_request, noise};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -33,20 +33,6 @@ const PUT_ROUTE: &str = "/api/v1/namespaces/{ns}/jobs/{name}/files/{*path}";
 const BATCH_ROUTE: &str = "/api/v1/namespaces/{ns}/jobs/{name}/files/batch";
 /// How long RBAC and the Job controller get to catch up.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Deterministic incompressible bytes (xorshift), so that nothing on the way can shrink them.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// The relative path of small file `i`: ten directories, as a project would spread them.
 fn small_path(i: usize) -> String {
