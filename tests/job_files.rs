@@ -39,9 +39,7 @@ async fn world(prefix: &str, extra_args: &[&str]) -> World {
     let cp = control_plane();
     let client = cp.client().await;
     let ns = namespace(&client, prefix).await;
-    let mut options = OperatorOptions::namespace(&ns);
-    options.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
-    let op = Operator::start(cp, options).await;
+    let op = Operator::start(cp, OperatorOptions::namespace(&ns).with_args(extra_args)).await;
     World {
         cp,
         jobs: Api::namespaced(client, &ns),

@@ -111,8 +111,7 @@ pub fn memory_of(pid: u32) -> anyhow::Result<Memory> {
 /// Starts Kiln (`kiln run`, the harness's operator: the `kiln` binary cargo built with the
 /// bench's profile) watching `namespace`, with `extra` flags; returns once `/readyz` is 200.
 pub async fn start_kiln(bench: &Bench, namespace: &str, extra: &[&str]) -> Operator {
-    let mut options = OperatorOptions::namespace(namespace);
-    options.extra_args = extra.iter().map(|s| s.to_string()).collect();
+    let mut options = OperatorOptions::namespace(namespace).with_args(extra);
     if let Some(c) = bench.kiln_concurrency {
         options.extra_args.push(format!("--concurrency={c}"));
     }

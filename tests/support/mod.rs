@@ -268,6 +268,13 @@ impl OperatorOptions {
             log_level: "info,kiln=debug".into(),
         }
     }
+
+    /// These options plus extra `kiln run` flags.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra_args
+            .extend(args.iter().map(|arg| arg.to_string()));
+        self
+    }
 }
 
 /// A free loopback port (the kernel picks it; racy only against other processes binding
