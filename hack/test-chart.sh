@@ -380,6 +380,8 @@ if scenario == "default":
             "KILN_MAX_WORKSPACE_BYTES": str(2 * 2**30 * 9 // 10),
             "KILN_ROLLOUT_DEBOUNCE": "30s",
             "KILN_RESYNC": "10m",
+            "KILN_CONCURRENCY": "16",
+            "KILN_SECRET_SOURCES_REQUIRE_OPT_IN": "true",
         }, "env")
 
     @check("default: non-root, uid/gid 65532, read-only root, no privilege escalation, drop ALL, RuntimeDefault")
@@ -555,7 +557,14 @@ assert_render() { # scenario rendered.yaml [extra args for the assertions]
     fail "$scenario: convert the rendered manifests to JSON" "$(tail -n 10 "$work/to_json.err")"
     return 0
   fi
-  python3 "$work/assert.py" "$scenario" "$json" "$@" | tally
+  # Not `python3 ... | tally`: the right side of a pipe runs in a subshell, and the failures
+  # it counted would be lost with it.
+  local out rc=0 before=${#failed[@]}
+  out=$(python3 "$work/assert.py" "$scenario" "$json" "$@" 2>&1) || rc=$?
+  tally <<<"$out"
+  if [ "$rc" -ne 0 ] && [ ${#failed[@]} -eq "$before" ]; then
+    fail "$scenario: the assertions ran to the end" "python3 exited with $rc"
+  fi
 }
 
 # No '*' anywhere in the rendered RBAC templates: not in a rule, not even in a comment.

@@ -137,6 +137,13 @@ pub struct RunArgs {
     #[arg(long, env = "KILN_CONCURRENCY", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+
+    /// Use a Secret as a Job file source only when it carries the annotation
+    /// `kiln.dev/allow-job-source: "true"`. Turning this off lets anyone who may create Jobs
+    /// in a namespace have Kiln read any Secret there (readers of the resulting files still
+    /// need `get` on the Secret).
+    #[arg(long, env = "KILN_SECRET_SOURCES_REQUIRE_OPT_IN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub secret_sources_require_opt_in: bool,
 }
 
 #[cfg(test)]
@@ -157,5 +164,16 @@ mod tests {
         assert_eq!(run_args(&["--concurrency=4"]).expect("4").concurrency, 4);
         let zero = run_args(&["--concurrency=0"]).expect_err("0 must be refused");
         assert_eq!(zero.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn secret_sources_need_an_opt_in_unless_turned_off() {
+        assert!(
+            run_args(&[])
+                .expect("defaults")
+                .secret_sources_require_opt_in
+        );
+        let off = run_args(&["--secret-sources-require-opt-in=false"]).expect("false");
+        assert!(!off.secret_sources_require_opt_in);
     }
 }

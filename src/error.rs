@@ -19,6 +19,9 @@ pub enum Error {
     /// Filesystem work in the workspace failed.
     #[error("workspace: {0}")]
     Workspace(String),
+    /// The operating system gave no random bytes (for a new hash key).
+    #[error("no randomness from the operating system: {0}")]
+    Random(getrandom::Error),
     /// Adding or removing a finalizer, or the work it guards, failed.
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -32,6 +35,7 @@ impl Error {
             Error::MissingObjectKey(_) => "missing_key",
             Error::Serialization(_) => "serialization",
             Error::Workspace(_) => "workspace",
+            Error::Random(_) => "random",
             Error::Finalizer(_) => "finalizer",
         }
     }

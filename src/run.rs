@@ -38,6 +38,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         rollout_debounce: parse_duration("--rollout-debounce", &args.rollout_debounce)?,
         workspace_dir: args.workspace_dir.clone(),
         concurrency: args.concurrency,
+        secret_sources_require_opt_in: args.secret_sources_require_opt_in,
     });
     let limits = crate::workspace::Limits {
         max_file_bytes: args.max_file_bytes,

@@ -18,6 +18,7 @@ use kiln::api::ProviderConfig;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use support::{Operator, OperatorOptions, control_plane, eventually, namespace};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -221,8 +222,15 @@ async fn derived_objects_have_the_right_content_and_owner() {
     for k in &status.keys {
         assert!(k.resolved && k.active, "{k:?}");
         let fp = k.fingerprint.as_deref().expect("fingerprint");
-        assert!(fp.starts_with("sha256:") && !fp.contains("sk-"), "{fp}");
+        assert!(
+            fp.starts_with("hmac-sha256:") && !fp.contains("sk-"),
+            "{fp}"
+        );
     }
+    // Keyed: a plain sha256 of the value (guessable for a weak key) appears nowhere.
+    let plain = hex::encode(Sha256::digest(b"sk-one"));
+    let status_json = serde_json::to_string(&status).expect("json");
+    assert!(!status_json.contains(&plain[..12]), "{status_json}");
 
     let doc = w.provider_json("main-provider").await.expect("ConfigMap");
     assert_eq!(
@@ -264,6 +272,11 @@ async fn derived_objects_have_the_right_content_and_owner() {
         status.credentials_hash.as_ref(),
         "the Secret's hash annotation is the status hash"
     );
+    let hash_key = secret
+        .annotations()
+        .get("kiln.dev/hash-key")
+        .expect("the Secret carries the key of its hashes");
+    assert_eq!(hash_key.len(), 64, "{hash_key}");
 
     // Write economy: a reconcile that changes nothing sends nothing. Poke the config (a
     // metadata change starts a reconcile) and check nothing else moves.

@@ -206,6 +206,16 @@ pub struct ArchiveStatus {
     pub download_path: String,
 }
 
+/// A file whose bytes come from Secrets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SensitiveFile {
+    /// The file's path in the job.
+    pub path: String,
+    /// The Secrets (in the job's namespace) it was made from.
+    pub secrets: Vec<String>,
+}
+
 /// Observed state of a Job.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -232,6 +242,10 @@ pub struct KilnJobStatus {
     /// The archive, once built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveStatus>,
+    /// Files made from Secrets. Reading one over the file API, or downloading the archive,
+    /// takes `get` on each Secret named here besides `jobs/files`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive_files: Vec<SensitiveFile>,
     /// The TTL in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,

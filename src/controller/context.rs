@@ -25,6 +25,8 @@ pub struct Settings {
     pub workspace_dir: std::path::PathBuf,
     /// Most reconciles of one controller running at once.
     pub concurrency: u16,
+    /// Whether a Secret must opt in (`kiln.dev/allow-job-source`) to be a Job file source.
+    pub secret_sources_require_opt_in: bool,
 }
 
 /// Shared by all reconciles of all controllers.

@@ -9,13 +9,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use hmac::{Hmac, Mac};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Resource;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::draft::canonical_json;
 use super::labels::{MANAGED_BY, MANAGED_BY_KILN, SHA256, managed_by_kiln};
@@ -41,6 +42,66 @@ pub const CREDENTIALS_HASH_PREFIX: &str = "kiln.dev/credentials-hash-";
 /// Workload annotation (on the workload, not its pod template, so it restarts nothing): when
 /// Kiln last rolled it out. It makes the debounce window hold per workload, across restarts.
 pub const ROLLED_OUT_AT: &str = "kiln.dev/rolled-out-at";
+
+/// Annotation of a derived credentials Secret: the hex key of the HMACs that stand for its
+/// content elsewhere (see [`HashKey`]).
+pub const HASH_KEY: &str = "kiln.dev/hash-key";
+/// Prefix of every fingerprint and credentials hash Kiln makes now. Values without it came
+/// from an older Kiln (plain sha256): a change between the two schemes is not a rotation.
+const HMAC_SCHEME: &str = "hmac-sha256:";
+
+/// The key of a ProviderConfig's HMACs: 32 random bytes, kept in the annotation [`HASH_KEY`]
+/// of its derived credentials Secret, where only those who may read the Secret's values see
+/// it. Fingerprints (`status.keys[].fingerprint`) and the credentials hash (in status and in
+/// followers' pod templates) are HMAC-SHA256 under it: a plain hash of a weak key such as
+/// `hunter2` could be reversed by trying guesses, an HMAC under an unknown key cannot.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HashKey([u8; 32]);
+
+impl HashKey {
+    /// A key of these bytes (tests; Kiln itself only generates keys or reads them back).
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        HashKey(bytes)
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)?;
+        Ok(HashKey(key))
+    }
+
+    /// The key an existing derived Secret carries, if it carries a well-formed one.
+    pub fn from_meta(meta: &ObjectMeta) -> Option<Self> {
+        let text = meta.annotations.as_ref()?.get(HASH_KEY)?;
+        let bytes = hex::decode(text).ok()?;
+        Some(HashKey(bytes.try_into().ok()?))
+    }
+
+    fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn mac(&self, purpose: &[u8]) -> Hmac<Sha256> {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        // Domain separation: a fingerprint can never equal a credentials hash.
+        mac.update(purpose);
+        mac
+    }
+}
+
+impl fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HashKey(<redacted>)")
+    }
+}
+
+/// Whether two fingerprints or hashes were made the same way, so that their difference means
+/// a different value (and not an upgrade of Kiln).
+pub fn same_scheme(a: &str, b: &str) -> bool {
+    a.starts_with(HMAC_SCHEME) == b.starts_with(HMAC_SCHEME)
+}
 
 /// The four objects a ProviderConfig may derive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,11 +147,13 @@ impl SecretValue {
         Self(bytes)
     }
 
-    /// `sha256:` and the first 12 hex digits of the value's sha256: enough to tell two values
-    /// apart in `status.keys[]`, far too little to be mistaken for the key.
-    pub fn fingerprint(&self) -> String {
-        let digest = hex::encode(Sha256::digest(&self.0));
-        format!("sha256:{}", &digest[..12])
+    /// `hmac-sha256:` and the first 16 hex digits of the value's HMAC under `key`: enough to
+    /// tell two values apart in `status.keys[]`, and no way back to the value.
+    pub fn fingerprint(&self, key: &HashKey) -> String {
+        let mut mac = key.mac(b"kiln fingerprint\0");
+        mac.update(&self.0);
+        let digest = hex::encode(mac.finalize().into_bytes());
+        format!("{HMAC_SCHEME}{}", &digest[..16])
     }
 }
 
@@ -143,17 +206,18 @@ impl Credentials {
         self.entries.keys().filter(|k| *k != API_KEY).count()
     }
 
-    /// Lowercase hex sha256 over the length-prefixed names and values: what a follower's pod
-    /// template carries, so that any change of any entry changes it.
-    pub fn hash(&self) -> String {
-        let mut h = Sha256::new();
+    /// `hmac-sha256:` and the lowercase hex HMAC under `key` of the length-prefixed names and
+    /// values: what a follower's pod template carries, so that any change of any entry
+    /// changes it.
+    pub fn hash(&self, key: &HashKey) -> String {
+        let mut h = key.mac(b"kiln credentials\0");
         for (name, value) in &self.entries {
-            h.update((name.len() as u64).to_be_bytes());
+            h.update(&(name.len() as u64).to_be_bytes());
             h.update(name.as_bytes());
-            h.update((value.0.len() as u64).to_be_bytes());
+            h.update(&(value.0.len() as u64).to_be_bytes());
             h.update(&value.0);
         }
-        hex::encode(h.finalize())
+        format!("{HMAC_SCHEME}{}", hex::encode(h.finalize().into_bytes()))
     }
 
     fn data(&self) -> BTreeMap<String, ByteString> {
@@ -237,10 +301,15 @@ impl Target<'_> {
         }
     }
 
-    /// The Secret holding `credentials`, annotated with their hash.
-    pub fn secret(&self, credentials: &Credentials) -> Secret {
+    /// The Secret holding `credentials`, annotated with their hash and the key of that hash.
+    pub fn secret(&self, credentials: &Credentials, key: &HashKey) -> Secret {
+        let mut metadata = self.meta(&credentials.hash(key));
+        metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(HASH_KEY.to_string(), key.hex());
         Secret {
-            metadata: self.meta(&credentials.hash()),
+            metadata,
             data: Some(credentials.data()),
             type_: Some("Opaque".into()),
             ..Default::default()
@@ -452,7 +521,7 @@ mod tests {
     fn secret_values_never_show_in_debug() {
         let v = value("sk-live-very-secret");
         let creds = Credentials::from_active([("primary", &v)]);
-        let secret = target(Role::Credentials).secret(&creds);
+        let secret = target(Role::Credentials).secret(&creds, &key(1));
         for text in [format!("{v:?}"), format!("{creds:?}")] {
             assert!(!text.contains("sk-live"), "{text}");
         }
@@ -461,13 +530,45 @@ mod tests {
         assert!(secret.data.unwrap().contains_key(API_KEY));
     }
 
+    fn key(byte: u8) -> HashKey {
+        HashKey([byte; 32])
+    }
+
     #[test]
-    fn fingerprint_is_short_and_distinct() {
-        let a = value("key-one").fingerprint();
-        assert!(a.starts_with("sha256:"));
-        assert_eq!(a.len(), "sha256:".len() + 12);
-        assert_ne!(a, value("key-two").fingerprint());
-        assert_eq!(a, value("key-one").fingerprint());
+    fn fingerprint_is_short_distinct_and_keyed() {
+        let a = value("key-one").fingerprint(&key(1));
+        assert!(a.starts_with("hmac-sha256:"), "{a}");
+        assert_eq!(a.len(), "hmac-sha256:".len() + 16);
+        assert_ne!(a, value("key-two").fingerprint(&key(1)));
+        assert_eq!(a, value("key-one").fingerprint(&key(1)));
+        // Without the key, guessing the value and hashing it gives nothing to compare with.
+        assert_ne!(a, value("key-one").fingerprint(&key(2)));
+        assert!(!a.contains(&crate::desired::sha256_hex(b"key-one")[..12]));
+    }
+
+    #[test]
+    fn hash_keys_live_in_an_annotation_and_stay_private() {
+        let k = HashKey::generate().expect("randomness");
+        assert_ne!(k, HashKey::generate().expect("randomness"));
+        let secret = target(Role::Credentials).secret(&Credentials::default(), &k);
+        assert_eq!(HashKey::from_meta(&secret.metadata), Some(k.clone()));
+        assert!(!format!("{k:?}").contains(&k.hex()));
+        let mut bad = secret.metadata.clone();
+        bad.annotations
+            .as_mut()
+            .unwrap()
+            .insert(HASH_KEY.into(), "abcd".into());
+        assert_eq!(HashKey::from_meta(&bad), None);
+        assert_eq!(HashKey::from_meta(&ObjectMeta::default()), None);
+    }
+
+    #[test]
+    fn a_change_of_scheme_is_not_a_rotation() {
+        let new = value("A").fingerprint(&key(1));
+        assert!(same_scheme(&new, &value("B").fingerprint(&key(1))));
+        assert!(!same_scheme("sha256:0123456789ab", &new));
+        assert!(!same_scheme(&crate::desired::sha256_hex(b"x"), &new));
+        assert!(same_scheme("sha256:0123456789ab", "sha256:ba9876543210"));
     }
 
     #[test]
@@ -489,11 +590,14 @@ mod tests {
         let one = Credentials::from_active([("k", &a)]);
         let two = Credentials::from_active([("k", &b)]);
         let renamed = Credentials::from_active([("j", &a)]);
-        assert_ne!(one.hash(), two.hash());
-        assert_ne!(one.hash(), renamed.hash());
-        let secret = target(Role::Credentials).secret(&one);
-        assert_eq!(Credentials::from_secret(&secret).hash(), one.hash());
-        assert_eq!(secret.metadata.annotations.unwrap()[SHA256], one.hash());
+        let k = key(7);
+        assert_ne!(one.hash(&k), two.hash(&k));
+        assert_ne!(one.hash(&k), renamed.hash(&k));
+        assert_ne!(one.hash(&k), one.hash(&key(8)));
+        assert_ne!(one.hash(&k), value("A").fingerprint(&k));
+        let secret = target(Role::Credentials).secret(&one, &k);
+        assert_eq!(Credentials::from_secret(&secret).hash(&k), one.hash(&k));
+        assert_eq!(secret.metadata.annotations.unwrap()[SHA256], one.hash(&k));
     }
 
     #[test]
@@ -559,17 +663,18 @@ mod tests {
 
         let v = value("A");
         let creds = Credentials::from_active([("k", &v)]);
-        let secret = target(Role::Credentials).secret(&creds);
+        let secret = target(Role::Credentials).secret(&creds, &key(1));
         assert!(secret_matches(&secret, &secret));
         let w = value("B");
-        let other = target(Role::Credentials).secret(&Credentials::from_active([("k", &w)]));
+        let other =
+            target(Role::Credentials).secret(&Credentials::from_active([("k", &w)]), &key(1));
         assert!(!secret_matches(&secret, &other));
     }
 
     #[test]
     fn overwrite_only_what_kiln_derived_for_this_role() {
         let own = target(Role::Credentials);
-        let mine = own.secret(&Credentials::default());
+        let mine = own.secret(&Credentials::default(), &key(1));
         assert!(own.may_overwrite(&mine.metadata));
         // The same config recreated (a new uid) takes its objects back.
         let mut recreated = mine.clone();
@@ -589,7 +694,7 @@ mod tests {
         // An alias may move from one config to another; a config's own object may not become one.
         let alias = target(Role::DefaultCredentials);
         assert!(!alias.may_overwrite(&mine.metadata));
-        let mut old_alias = alias.secret(&Credentials::default());
+        let mut old_alias = alias.secret(&Credentials::default(), &key(1));
         old_alias
             .metadata
             .labels

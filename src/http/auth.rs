@@ -15,8 +15,14 @@
 //! - a successful TokenReview is remembered for [`TOKEN_TTL`], keyed by the sha256 of the
 //!   token (the token itself is never stored or logged): a token revoked meanwhile keeps
 //!   working for at most that long;
-//! - an allowed SubjectAccessReview is remembered for [`GRANT_TTL`], per token, verb and Job:
-//!   a revoked Role stops working within that time.
+//! - an allowed SubjectAccessReview is remembered for [`GRANT_TTL`], keyed by the sha256 of
+//!   the token and every attribute of the review (verb, group, resource, subresource,
+//!   namespace, name): one caller's answer never serves another caller, nor another object.
+//!   A revoked Role stops working within that time.
+//!
+//! Reading a file made from a Secret also asks `get` on that Secret by name (see
+//! `docs/http-api.md`, "Security model"): Kiln read the Secret with its own rights, so it
+//! must not hand the bytes to someone the Secret's own RBAC would refuse.
 //!
 //! Failures are never cached, so a token that just became valid, or a Role just granted,
 //! works on the next request. Both caches are bounded; when one is full, expired entries are
@@ -80,6 +86,8 @@ impl Verb {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Access {
     pub verb: Verb,
+    /// The API group: `kiln.dev`, or `""` for the core group (Secrets).
+    pub group: &'static str,
     pub resource: &'static str,
     pub subresource: Option<&'static str>,
     /// `None`: in all namespaces.
@@ -92,6 +100,7 @@ impl Access {
     pub fn job_files(verb: Verb, namespace: &str, name: &str) -> Self {
         Access {
             verb,
+            group: GROUP,
             resource: "jobs",
             subresource: Some("files"),
             namespace: Some(namespace.to_owned()),
@@ -103,6 +112,7 @@ impl Access {
     pub fn list_all_jobs() -> Self {
         Access {
             verb: Verb::List,
+            group: GROUP,
             resource: "jobs",
             subresource: None,
             namespace: None,
@@ -110,24 +120,38 @@ impl Access {
         }
     }
 
-    /// `create jobs/files of kiln.dev job ns/name`, for messages.
+    /// `get` on one Secret: what reading a file made from that Secret takes.
+    pub fn get_secret(namespace: &str, name: &str) -> Self {
+        Access {
+            verb: Verb::Get,
+            group: "",
+            resource: "secrets",
+            subresource: None,
+            namespace: Some(namespace.to_owned()),
+            name: Some(name.to_owned()),
+        }
+    }
+
+    /// `create jobs/files.kiln.dev of job ns/name`, `get secret ns/name`, for messages.
     fn describe(&self) -> String {
+        let verb = self.verb.as_str();
+        if self.group.is_empty() {
+            let kind = self.resource.trim_end_matches('s');
+            return match (&self.namespace, &self.name) {
+                (Some(ns), Some(name)) => format!("{verb} {kind} {ns}/{name}"),
+                (Some(ns), None) => format!("{verb} {} in {ns}", self.resource),
+                _ => format!("{verb} {} in all namespaces", self.resource),
+            };
+        }
         let resource = match self.subresource {
             Some(sub) => format!("{}/{sub}", self.resource),
             None => self.resource.to_owned(),
         };
+        let group = self.group;
         match (&self.namespace, &self.name) {
-            (Some(ns), Some(name)) => {
-                format!(
-                    "{} {resource}.{GROUP} of job {ns}/{name}",
-                    self.verb.as_str()
-                )
-            }
-            (Some(ns), None) => format!("{} {resource}.{GROUP} in {ns}", self.verb.as_str()),
-            _ => format!(
-                "{} {resource}.{GROUP} in all namespaces",
-                self.verb.as_str()
-            ),
+            (Some(ns), Some(name)) => format!("{verb} {resource}.{group} of job {ns}/{name}"),
+            (Some(ns), None) => format!("{verb} {resource}.{group} in {ns}"),
+            _ => format!("{verb} {resource}.{group} in all namespaces"),
         }
     }
 }
@@ -202,9 +226,23 @@ impl Auth {
 
     /// Whether `caller` may do `access`: Ok, or 403.
     pub async fn authorize(&self, caller: &Caller, access: Access) -> Result<(), ApiError> {
-        let key = (caller.token, access);
-        if self.grants.get(&key).is_some() {
+        if self.allowed(caller, &access).await? {
             return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "{} may not {}",
+            caller.username(),
+            access.describe()
+        ))
+        .with_details(access.details()))
+    }
+
+    /// Whether `caller` may do `access`, asking the API server unless a recent answer for
+    /// this same token and access says yes. Only a review error is an `Err`.
+    pub async fn allowed(&self, caller: &Caller, access: &Access) -> Result<bool, ApiError> {
+        let key = (caller.token, access.clone());
+        if self.grants.get(&key).is_some() {
+            return Ok(true);
         }
         let review = SubjectAccessReview {
             spec: review_spec(&caller.user, &key.1),
@@ -220,22 +258,22 @@ impl Auth {
         }
         if status.allowed {
             self.grants.insert(key, ());
-            return Ok(());
         }
-        let access = key.1;
-        Err(ApiError::forbidden(format!(
-            "{} may not {}",
-            caller.username(),
-            access.describe()
-        ))
-        .with_details(json!({
-            "verb": access.verb.as_str(),
-            "group": GROUP,
-            "resource": access.resource,
-            "subresource": access.subresource,
-            "namespace": access.namespace,
-            "name": access.name,
-        })))
+        Ok(status.allowed)
+    }
+}
+
+impl Access {
+    /// The access as the JSON `details` of a 403.
+    pub fn details(&self) -> serde_json::Value {
+        json!({
+            "verb": self.verb.as_str(),
+            "group": self.group,
+            "resource": self.resource,
+            "subresource": self.subresource,
+            "namespace": self.namespace,
+            "name": self.name,
+        })
     }
 }
 
@@ -270,7 +308,7 @@ fn review_spec(user: &UserInfo, access: &Access) -> SubjectAccessReviewSpec {
         uid: user.uid.clone(),
         extra: user.extra.clone(),
         resource_attributes: Some(ResourceAttributes {
-            group: Some(GROUP.into()),
+            group: Some(access.group.into()),
             resource: Some(access.resource.into()),
             subresource: access.subresource.map(Into::into),
             verb: Some(access.verb.as_str().into()),
@@ -407,6 +445,27 @@ mod tests {
             Access::list_all_jobs().describe(),
             "list jobs.kiln.dev in all namespaces"
         );
+        assert_eq!(
+            Access::get_secret("ns", "db").describe(),
+            "get secret ns/db"
+        );
+    }
+
+    #[test]
+    fn secret_reviews_ask_the_core_group_by_name() {
+        let user = UserInfo {
+            username: Some("alice".into()),
+            ..Default::default()
+        };
+        let attrs = review_spec(&user, &Access::get_secret("ns", "db"))
+            .resource_attributes
+            .unwrap();
+        assert_eq!(attrs.group.as_deref(), Some(""));
+        assert_eq!(attrs.resource.as_deref(), Some("secrets"));
+        assert_eq!(attrs.subresource, None);
+        assert_eq!(attrs.verb.as_deref(), Some("get"));
+        assert_eq!(attrs.namespace.as_deref(), Some("ns"));
+        assert_eq!(attrs.name.as_deref(), Some("db"));
     }
 
     #[test]

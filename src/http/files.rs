@@ -4,12 +4,15 @@
 //! Every handler admits the request before anything else, in this order: the bearer token
 //! (401), the namespace and Job names (400), the SubjectAccessReview (403), the Job itself
 //! (404), and for writes its phase (409). Only then is the body read or the workspace touched,
-//! so a refused request changes nothing and costs no more than reading its headers.
+//! so a refused request changes nothing and costs no more than reading its headers. Requests
+//! that return a file's bytes (read, download) then also need `get` on every Secret those
+//! bytes were made from (403 naming them); listings show names and sizes only.
 //!
 //! The workspace is synchronous; its calls run on the blocking pool. A PUT body goes to disk
 //! as it arrives ([`BodyReader`]): memory does not grow with the size of the upload. JSON
 //! bodies are read whole (they must be parsed whole), bounded by what the limits allow.
 
+use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,13 +31,13 @@ use serde_json::{Value, json};
 use tokio_util::io::ReaderStream;
 
 use super::AppState;
-use super::auth::{Access, Auth, Verb};
+use super::auth::{Access, Auth, Caller, Verb};
 use super::error::ApiError;
 use super::jobs::{Jobs, Target, check_names};
 use crate::api::KilnJob;
 use crate::api::job::JobPhase;
 use crate::controller::nudge::Nudge;
-use crate::workspace::{self, FileInfo, JobPath, Workspace, WriteOutcome};
+use crate::workspace::{self, FileInfo, JobPath, Sensitivity, Workspace, WriteOutcome};
 
 /// JSON adds this much around a file's content (path, field names, escapes of a short text).
 const JSON_OVERHEAD: u64 = 64 * 1024;
@@ -81,6 +84,16 @@ impl FileApi {
         params: &Params,
         verb: Verb,
     ) -> Result<Target, ApiError> {
+        Ok(self.admit_caller(headers, params, verb).await?.1)
+    }
+
+    /// [`FileApi::admit`], also returning who is calling.
+    async fn admit_caller(
+        &self,
+        headers: &HeaderMap,
+        params: &Params,
+        verb: Verb,
+    ) -> Result<(Caller, Target), ApiError> {
         let caller = self.auth.authenticate(headers).await?;
         check_names(&params.ns, &params.name)?;
         self.auth
@@ -91,7 +104,66 @@ impl FileApi {
             target.check_writable()?;
         }
         self.await_workspace(&target).await;
-        Ok(target)
+        Ok((caller, target))
+    }
+
+    /// Which of the Job's files were made from which Secrets: what its status says, plus the
+    /// workspace's own record (written before the bytes, so it is never behind them).
+    async fn sensitivity(&self, target: &Target) -> Result<Sensitivity, ApiError> {
+        let mut known: Sensitivity = target
+            .job
+            .status
+            .iter()
+            .flat_map(|s| &s.sensitive_files)
+            .map(|f| (f.path.as_str(), f.secrets.as_slice()))
+            .collect();
+        let (ws, key, on_err) = self.for_blocking(target);
+        let recorded = blocking(move || ws.sensitive(&key).map_err(on_err)).await?;
+        known.merge(&recorded);
+        Ok(known)
+    }
+
+    /// 403 unless `caller` may `get` every one of `secrets`: bytes Kiln made from a Secret go
+    /// only to someone the Secret's own RBAC would give them to. `what` names what was asked
+    /// for (a file, the archive), for the message.
+    async fn check_secrets(
+        &self,
+        caller: &Caller,
+        target: &Target,
+        secrets: BTreeSet<&str>,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        let mut denied = Vec::new();
+        for secret in &secrets {
+            let access = Access::get_secret(&target.namespace, secret);
+            if !self.auth.allowed(caller, &access).await? {
+                denied.push(*secret);
+            }
+        }
+        if denied.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "{} may not read {what} of job {}/{}: it is made from Secret {}, and {} may not get {}",
+            caller.username(),
+            target.namespace,
+            target.name,
+            secrets.iter().copied().collect::<Vec<_>>().join(", "),
+            caller.username(),
+            denied
+                .iter()
+                .map(|s| format!("secret {}/{s}", target.namespace))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ))
+        .with_details(json!({
+            "reason": "SecretAccessRequired",
+            "verb": "get",
+            "group": "",
+            "resource": "secrets",
+            "namespace": target.namespace,
+            "secrets": denied,
+        })))
     }
 
     /// A client may create a Job and upload at once, before the Job controller has created
@@ -502,8 +574,12 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     let api = &state.files;
     let p = params(p)?;
-    let target = api.admit(&headers, &p, Verb::Get).await?;
+    let (caller, target) = api.admit_caller(&headers, &p, Verb::Get).await?;
     let path = job_path(p.path.as_deref().unwrap_or_default())?;
+    let sensitivity = api.sensitivity(&target).await?;
+    let secrets = sensitivity.secrets_of(path.as_str()).collect();
+    api.check_secrets(&caller, &target, secrets, &format!("file {path}"))
+        .await?;
     let content_type = content_type(&path);
     let (ws, key, on_err) = api.for_blocking(&target);
     let open = blocking(move || ws.open_file(&key, &path).map_err(on_err)).await?;
@@ -572,7 +648,10 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     let api = &state.files;
     let p = params(p)?;
-    let target = api.admit(&headers, &p, Verb::Get).await?;
+    let (caller, target) = api.admit_caller(&headers, &p, Verb::Get).await?;
+    let sensitivity = api.sensitivity(&target).await?;
+    api.check_secrets(&caller, &target, sensitivity.all_secrets(), "the archive")
+        .await?;
     let job = format!("{}/{}", target.namespace, target.name);
     let phase = target.phase();
     if phase == Some(JobPhase::Expired) {

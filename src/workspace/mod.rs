@@ -9,6 +9,7 @@
 //! ```text
 //! <root>/jobs/<namespace>/<uid>/files/<path>   a job's files, <path> a JobPath
 //! <root>/jobs/<namespace>/<uid>/archive.zip    the job's archive, once built
+//! <root>/jobs/<namespace>/<uid>/sensitive.json which files were made from which Secrets
 //! <root>/trash/                                removed jobs, deleted in the background
 //! ```
 //!
@@ -56,6 +57,7 @@ mod fsutil;
 pub mod key;
 pub mod limits;
 pub mod path;
+pub mod sensitive;
 pub mod store;
 
 pub use archive::{ArchiveInfo, OpenArchive};
@@ -63,6 +65,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use key::JobKey;
 pub use limits::Limits;
 pub use path::{JobPath, MAX_PATH_BYTES, MAX_SEGMENT_BYTES, PathError};
+pub use sensitive::Sensitivity;
 pub use store::{FileInfo, JobUsage, OpenFile, Workspace, WorkspaceUsage, WriteOutcome};
 
 #[cfg(test)]

@@ -1,5 +1,12 @@
 //! Declared files: the bytes each `spec.files` entry should have, resolved from the spec and
 //! the ConfigMaps and Secrets it references.
+//!
+//! A file made from a Secret is *sensitive*: [`Resolved::secrets`] names the Secrets, so the
+//! controller can record them before the bytes reach the workspace and the file API can ask
+//! whether a reader may see those Secrets. A Secret is used at all only when it opts in with
+//! the annotation [`ALLOW_JOB_SOURCE`] (unless the operator was started without that
+//! requirement): creating a Job is a weaker right than reading a Secret, and a Job must not
+//! turn one into the other.
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -10,20 +17,34 @@ use crate::api::job::{ContentSource, DeclaredFile};
 use crate::desired::job::render_template;
 use crate::error::{KubeContext, Result};
 
+/// The annotation a Secret must carry (value `"true"`) to be read into a Job's files.
+pub const ALLOW_JOB_SOURCE: &str = "kiln.dev/allow-job-source";
+
 /// Why a declared file cannot be produced. Each is the user's to fix (or to create the
 /// referenced object); Kiln retries on its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
     /// `contentFrom` or `template.sourceFrom` names a ConfigMap/Secret or key that does not exist.
     SourceNotFound(String),
+    /// The Secret named as a source has not opted in with [`ALLOW_JOB_SOURCE`].
+    SourceNotAllowed(String),
     /// The template does not parse or render (message names file and line).
     TemplateError(String),
+}
+
+/// A declared file's bytes and the Secrets they were made from (sorted, no duplicates).
+#[derive(Debug)]
+pub struct Resolved {
+    pub bytes: Vec<u8>,
+    pub secrets: Vec<String>,
 }
 
 /// Reads ConfigMap and Secret keys in the job's namespace.
 pub struct Sources {
     pub configmaps: Api<ConfigMap>,
     pub secrets: Api<Secret>,
+    /// Whether a Secret must carry [`ALLOW_JOB_SOURCE`] to be used.
+    pub require_opt_in: bool,
 }
 
 impl Sources {
@@ -58,6 +79,16 @@ impl Sources {
                 .get_opt(&r.name)
                 .await
                 .context(format!("reading Secret {}", r.name))?;
+            if let Some(secret) = &secret
+                && self.require_opt_in
+                && !opted_in(secret)
+            {
+                return Ok(Err(Problem::SourceNotAllowed(format!(
+                    "{path}: Secret {:?} may not be used as a job file source: someone who may \
+                     update it must annotate it with {ALLOW_JOB_SOURCE}=\"true\"",
+                    r.name
+                ))));
+            }
             let bytes = secret
                 .and_then(|s| s.data.and_then(|mut d| d.remove(&r.key)))
                 .map(|ByteString(b)| b);
@@ -68,16 +99,21 @@ impl Sources {
         ))))
     }
 
-    /// The bytes `file` should hold.
+    /// The bytes `file` should hold, and the Secrets they come from.
     pub async fn resolve(
         &self,
         file: &DeclaredFile,
-    ) -> Result<std::result::Result<Vec<u8>, Problem>> {
+    ) -> Result<std::result::Result<Resolved, Problem>> {
+        let secrets = secret_sources(file);
+        let resolved = |bytes| Resolved {
+            bytes,
+            secrets: secrets.clone(),
+        };
         if let Some(content) = &file.content {
-            return Ok(Ok(content.clone().into_bytes()));
+            return Ok(Ok(resolved(content.clone().into_bytes())));
         }
         if let Some(source) = &file.content_from {
-            return self.read(source, &file.path).await;
+            return Ok(self.read(source, &file.path).await?.map(resolved));
         }
         let Some(template) = &file.template else {
             return Ok(Err(Problem::SourceNotFound(format!(
@@ -110,10 +146,47 @@ impl Sources {
             .context
             .clone()
             .unwrap_or_else(|| serde_json::json!({}));
-        Ok(render_template(&file.path, &text, &context)
-            .map(String::into_bytes)
-            .map_err(|e| Problem::TemplateError(e.to_string())))
+        Ok(match render_template(&file.path, &text, &context) {
+            Ok(text) => Ok(resolved(text.into_bytes())),
+            // A parse or render error quotes names and tokens of the template: when the
+            // template is a Secret's value, the status and Events must not carry them.
+            Err(e) if !secrets.is_empty() => Err(Problem::TemplateError(format!(
+                "{}: the template from Secret {} does not render{} (details withheld: they \
+                 would show the Secret's content; check it with `kiln` offline or in a \
+                 ConfigMap)",
+                file.path,
+                secrets.join(", "),
+                e.line.map(|l| format!(" (line {l})")).unwrap_or_default(),
+            ))),
+            Err(e) => Err(Problem::TemplateError(e.to_string())),
+        })
     }
+}
+
+/// The Secrets `file` reads (its `contentFrom` or its template's `sourceFrom`), sorted.
+pub fn secret_sources(file: &DeclaredFile) -> Vec<String> {
+    let sources = [
+        file.content_from.as_ref(),
+        file.template.as_ref().and_then(|t| t.source_from.as_ref()),
+    ];
+    let mut names: Vec<String> = sources
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.secret_key_ref.as_ref())
+        .map(|r| r.name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn opted_in(secret: &Secret) -> bool {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ALLOW_JOB_SOURCE))
+        .is_some_and(|v| v == "true")
 }
 
 fn missing(kind: &str, r: &KeyRef, path: &str) -> Problem {
@@ -121,4 +194,78 @@ fn missing(kind: &str, r: &KeyRef, path: &str) -> Problem {
         "{path}: {kind} {:?} or its key {:?} not found",
         r.name, r.key
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::job::TemplateSource;
+
+    fn key(name: &str) -> Option<KeyRef> {
+        Some(KeyRef {
+            name: name.into(),
+            key: "k".into(),
+        })
+    }
+
+    fn file() -> DeclaredFile {
+        DeclaredFile {
+            path: "p.txt".into(),
+            content: None,
+            content_from: None,
+            template: None,
+        }
+    }
+
+    #[test]
+    fn files_from_secrets_name_them() {
+        let inline = DeclaredFile {
+            content: Some("x".into()),
+            ..file()
+        };
+        assert!(secret_sources(&inline).is_empty());
+        let from_configmap = DeclaredFile {
+            content_from: Some(ContentSource {
+                config_map_key_ref: key("cm"),
+                secret_key_ref: None,
+            }),
+            ..file()
+        };
+        assert!(secret_sources(&from_configmap).is_empty());
+        let from_secret = DeclaredFile {
+            content_from: Some(ContentSource {
+                config_map_key_ref: None,
+                secret_key_ref: key("db"),
+            }),
+            ..file()
+        };
+        assert_eq!(secret_sources(&from_secret), ["db"]);
+        let template_from_secret = DeclaredFile {
+            template: Some(TemplateSource {
+                source: None,
+                source_from: Some(ContentSource {
+                    config_map_key_ref: None,
+                    secret_key_ref: key("tpl"),
+                }),
+                context: None,
+            }),
+            ..file()
+        };
+        assert_eq!(secret_sources(&template_from_secret), ["tpl"]);
+    }
+
+    #[test]
+    fn only_an_exact_true_opts_in() {
+        let secret = |value: Option<&str>| Secret {
+            metadata: kube::api::ObjectMeta {
+                annotations: value.map(|v| [(ALLOW_JOB_SOURCE.to_string(), v.to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(opted_in(&secret(Some("true"))));
+        for value in [None, Some("false"), Some("True"), Some("yes"), Some("")] {
+            assert!(!opted_in(&secret(value)), "{value:?}");
+        }
+    }
 }

@@ -27,7 +27,7 @@ use crate::desired::job::{PLAN_FILE, download_path, missing_files, plan_json, pl
 use crate::error::{Error, Result};
 use crate::expiry::ExpiryState;
 use crate::workspace::{JobKey, JobPath, Workspace};
-use declared::{Problem, Sources};
+use declared::{Problem, Resolved, Sources};
 use status::Observed;
 
 const NAME: &str = "job";
@@ -36,7 +36,8 @@ const KIND: &str = "Job";
 pub const DEFAULT_TTL: &str = "48h";
 /// Removes the job's files and archive before the Job object goes away.
 pub const FINALIZER: &str = "kiln.dev/workspace";
-/// How soon a job waiting for a referenced ConfigMap or Secret looks again.
+/// How soon a job waiting for a referenced ConfigMap or Secret (to exist, or to opt in) looks
+/// again.
 const SOURCE_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub fn start(
@@ -156,8 +157,13 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
     let sources = Sources {
         configmaps: Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
         secrets: Api::<Secret>::namespaced(ctx.client.clone(), &ns),
+        require_opt_in: ctx.settings.secret_sources_require_opt_in,
     };
     let problems = write_declared(ctx, job, &key, &sources).await?;
+    let sensitive = {
+        let key = key.clone();
+        blocking(&ctx.workspace, move |ws| ws.sensitive(&key)).await?
+    };
 
     let files = {
         let key = key.clone();
@@ -189,6 +195,7 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
         problems: problems.clone(),
         lost_uploads,
         archive,
+        sensitive,
     };
     let desired = status::build(job, &current, &seen, &life, now);
     announce(ctx, job, &current, &desired).await;
@@ -197,35 +204,40 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
     let mut resync = ctx.settings.resync;
     if problems
         .iter()
-        .any(|p| matches!(p, Problem::SourceNotFound(_)))
+        .any(|p| matches!(p, Problem::SourceNotFound(_) | Problem::SourceNotAllowed(_)))
     {
         resync = resync.min(SOURCE_RECHECK);
     }
     Ok(Action::requeue(life.requeue_after(now, resync)))
 }
 
-/// Writes `plan.json` and every declared file whose bytes differ from what is on disk.
+/// Writes `plan.json` and every declared file whose bytes differ from what is on disk. A file
+/// made from Secrets is recorded as sensitive before its bytes are written.
 async fn write_declared(
     ctx: &Context,
     job: &KilnJob,
     key: &JobKey,
     sources: &Sources,
 ) -> Result<Vec<Problem>> {
-    let mut wanted: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut wanted: Vec<(String, Resolved)> = Vec::new();
     let mut problems = Vec::new();
     if let Some(plan) = &job.spec.plan {
-        wanted.push((PLAN_FILE.to_string(), plan_json(plan).into_bytes()));
+        let plan = Resolved {
+            bytes: plan_json(plan).into_bytes(),
+            secrets: Vec::new(),
+        };
+        wanted.push((PLAN_FILE.to_string(), plan));
     }
     for file in &job.spec.files {
         match sources.resolve(file).await? {
-            Ok(bytes) => wanted.push((file.path.clone(), bytes)),
+            Ok(resolved) => wanted.push((file.path.clone(), resolved)),
             Err(problem) => problems.push(problem),
         }
     }
     let key = key.clone();
     let write_problems = blocking(&ctx.workspace, move |ws| {
         let mut problems = Vec::new();
-        for (path, bytes) in wanted {
+        for (path, Resolved { bytes, secrets }) in wanted {
             // The CRD already refuses bad paths; this is the workspace's own, final check.
             let path = match JobPath::parse(&path) {
                 Ok(p) => p,
@@ -234,6 +246,9 @@ async fn write_declared(
                     continue;
                 }
             };
+            // Recorded even when the bytes are already there: a record lost or never made
+            // (a file written by an older Kiln) is made good before anyone can read it.
+            ws.mark_sensitive(&key, &path, &secrets)?;
             if ws.read(&key, &path).ok().as_deref() == Some(bytes.as_slice()) {
                 continue;
             }
@@ -379,12 +394,14 @@ async fn announce(ctx: &Context, job: &KilnJob, old: &KilnJobStatus, new: &KilnJ
             }
             Some((
                 _,
-                reason @ ("PlanIncomplete" | "TemplateError" | "SourceNotFound" | "WorkspaceLost"),
+                reason @ ("PlanIncomplete" | "TemplateError" | "SourceNotFound"
+                | "SourceNotAllowed" | "WorkspaceLost"),
             )) => {
                 let reason: &'static str = match reason {
                     "PlanIncomplete" => "PlanIncomplete",
                     "TemplateError" => "TemplateError",
                     "SourceNotFound" => "SourceNotFound",
+                    "SourceNotAllowed" => "SourceNotAllowed",
                     _ => "WorkspaceLost",
                 };
                 ctx.metrics.transition(KIND, reason);
@@ -394,6 +411,16 @@ async fn announce(ctx: &Context, job: &KilnJob, old: &KilnJobStatus, new: &KilnJ
             }
             _ => {}
         }
+    }
+    if new.sensitive_files != old.sensitive_files {
+        ctx.event(
+            job,
+            EventType::Normal,
+            "SensitiveFiles",
+            "Generate",
+            sensitive_note(&new.sensitive_files),
+        )
+        .await;
     }
     if reason_of(old, EXPIRING_SOON) != reason_of(new, EXPIRING_SOON)
         && crate::conditions::is_true(&new.conditions, EXPIRING_SOON)
@@ -415,6 +442,24 @@ async fn announce(ctx: &Context, job: &KilnJob, old: &KilnJobStatus, new: &KilnJ
         )
         .await;
     }
+}
+
+/// Who may read the files made from Secrets, for the `SensitiveFiles` Event.
+fn sensitive_note(files: &[crate::api::job::SensitiveFile]) -> String {
+    const SHOWN: usize = 5;
+    let mut parts: Vec<String> = files
+        .iter()
+        .take(SHOWN)
+        .map(|f| format!("{} (Secret {})", f.path, f.secrets.join(", ")))
+        .collect();
+    if files.len() > SHOWN {
+        parts.push(format!("and {} more", files.len() - SHOWN));
+    }
+    format!(
+        "files made from Secrets: {}. Only callers who may get those Secrets can read these \
+         files or download the archive (see status.sensitiveFiles)",
+        parts.join("; ")
+    )
 }
 
 fn error_policy(job: Arc<KilnJob>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -6,8 +6,9 @@ use k8s_openapi::jiff::Timestamp;
 use super::declared::Problem;
 use super::lifecycle::{self, Lifecycle};
 use crate::api::conditions::types::*;
-use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus};
+use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus, SensitiveFile};
 use crate::conditions::{Desired, merge};
+use crate::workspace::Sensitivity;
 
 /// Type of the condition that reports uploaded files lost with the pod's workspace.
 pub const WORKSPACE_LOST: &str = "WorkspaceLost";
@@ -21,6 +22,8 @@ pub struct Observed {
     /// Uploaded files that vanished with the workspace, if any (sticky until the spec changes).
     pub lost_uploads: Option<String>,
     pub archive: Option<ArchiveStatus>,
+    /// The workspace's record of files made from Secrets.
+    pub sensitive: Sensitivity,
 }
 
 pub fn build(
@@ -37,10 +40,12 @@ pub fn build(
     status.total_size_bytes = Some(seen.total_size_bytes);
     status.missing_files = seen.missing_files.clone();
     status.archive = seen.archive.clone();
+    status.sensitive_files = sensitive_files(&current.sensitive_files, &seen.sensitive);
 
     let complete_requested = job.spec.complete == Some(true);
     let problem = seen.problems.first().map(|p| match p {
         Problem::SourceNotFound(m) => ("SourceNotFound", m.clone()),
+        Problem::SourceNotAllowed(m) => ("SourceNotAllowed", m.clone()),
         Problem::TemplateError(m) => ("TemplateError", m.clone()),
     });
     let (phase, ready, complete): (JobPhase, Desired, Desired) =
@@ -127,6 +132,23 @@ pub fn build(
         now,
     );
     status
+}
+
+/// What the status said, plus what the workspace recorded: entries are never dropped while the
+/// Job exists, so that an archive restored or kept from earlier files stays guarded even when
+/// the workspace's own record is gone with the pod.
+fn sensitive_files(current: &[SensitiveFile], recorded: &Sensitivity) -> Vec<SensitiveFile> {
+    let mut all: Sensitivity = current
+        .iter()
+        .map(|f| (f.path.as_str(), f.secrets.as_slice()))
+        .collect();
+    all.merge(recorded);
+    all.files()
+        .map(|(path, secrets)| SensitiveFile {
+            path: path.to_owned(),
+            secrets: secrets.iter().cloned().collect(),
+        })
+        .collect()
 }
 
 fn preview(paths: &[String]) -> String {

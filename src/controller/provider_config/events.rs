@@ -8,6 +8,7 @@ use crate::api::conditions::types::{DEFAULT_CONFLICT, READY};
 use crate::api::provider_config::{ProviderConfig, ProviderConfigStatus};
 use crate::conditions::find;
 use crate::controller::Context;
+use crate::desired::provider_config::same_scheme;
 
 use super::KIND;
 
@@ -35,6 +36,7 @@ pub async fn announce(
             before.and_then(|k| k.fingerprint.as_ref()),
             key.fingerprint.as_ref(),
         ) && a != b
+            && same_scheme(a, b)
         {
             ctx.metrics.provider_key_rotations.inc();
             let note = format!("key {} rotated: fingerprint {a} -> {b}", key.name);

@@ -40,12 +40,13 @@ use crate::apply;
 use crate::desired::labels::{MANAGED_BY, MANAGED_BY_KILN};
 use crate::desired::provider_config::{
     Claimant, Credentials, PROVIDER_ROLE, Role, Target, elect, owner_reference, provider_json,
+    same_scheme,
 };
 use crate::error::{Error, KubeContext, Result};
 use crate::metrics::Metrics;
 use events::Happenings;
 use status::{Facts, Standing};
-use sync::{Writer, Written};
+use sync::{SecretOutcome, Writer, Written};
 use triggers::{Siblings, claims_default, configs_for_secret};
 
 const NAME: &str = "providerconfig";
@@ -187,7 +188,11 @@ async fn reconcile(
     };
     let config_map = writer.config_map(&own(Role::Provider), &json).await?;
     let secret = writer
-        .secret(&own(Role::Credentials), resolution.credentials().as_ref())
+        .secret(
+            &own(Role::Credentials),
+            resolution.credentials().as_ref(),
+            None,
+        )
         .await?;
     if secret.written == Written::Applied {
         info!(
@@ -198,9 +203,7 @@ async fn reconcile(
 
     let mut happened = Happenings::default();
     let alias_conflict = match &standing {
-        Standing::Default => {
-            publish_aliases(&writer, &ns, &pc, &claimants, &json, secret.holds.as_ref()).await?
-        }
+        Standing::Default => publish_aliases(&writer, &ns, &pc, &claimants, &json, &secret).await?,
         Standing::NotClaiming if claimants.is_empty() => {
             happened.aliases_removed = remove_aliases(&configmaps, &secrets, provider_type).await?;
             None
@@ -208,7 +211,7 @@ async fn reconcile(
         _ => None,
     };
 
-    let hash = secret.holds.as_ref().map(Credentials::hash);
+    let hash = secret.hash.clone();
     let (rollout, requeue) = rollouts(
         &ctx,
         &ns,
@@ -227,6 +230,7 @@ async fn reconcile(
         secret: secret.written,
         secret_name: Role::Credentials.object_name(&name, provider_type),
         credentials_hash: hash,
+        hash_key: secret.key.as_ref(),
         standing: &standing,
         provider_type,
         alias_conflict,
@@ -291,7 +295,7 @@ async fn publish_aliases(
     pc: &ProviderConfig,
     claimants: &[Claimant],
     json: &str,
-    credentials: Option<&Credentials>,
+    credentials: &SecretOutcome,
 ) -> Result<Option<String>> {
     let name = pc.name_any();
     let owners: Vec<_> = claimants
@@ -310,10 +314,12 @@ async fn publish_aliases(
     if writer.config_map(&provider, json).await? == Written::Conflict {
         return Ok(Some(format!("ConfigMap {}", provider.name())));
     }
-    // Without credentials yet (keys never resolved), the alias Secret stays as it is.
+    // Without credentials yet (keys never resolved), the alias Secret stays as it is. With
+    // them, it is hashed under the config's own key, so that it carries the same hash.
     let credentials_alias = alias(Role::DefaultCredentials);
+    let held = credentials.key.as_ref().and(credentials.holds.as_ref());
     if writer
-        .secret(&credentials_alias, credentials)
+        .secret(&credentials_alias, held, credentials.key.as_ref())
         .await?
         .written
         == Written::Conflict
@@ -365,8 +371,9 @@ async fn rollouts(
     let debounce = SignedDuration::try_from(ctx.settings.rollout_debounce)
         .unwrap_or(SignedDuration::from_secs(30));
     let mut r = current.rollout.clone().unwrap_or_default();
-    let changed =
-        matches!((current.credentials_hash.as_deref(), hash), (Some(a), Some(b)) if a != b);
+    // A hash made another way (by an older Kiln) is a new first sighting, not a rotation.
+    let changed = matches!((current.credentials_hash.as_deref(), hash),
+        (Some(a), Some(b)) if a != b && same_scheme(a, b));
     if changed && r.pending_since.is_none() {
         // Kubernetes keeps times to the second; rounding up keeps the window at least as long
         // as the debounce once the status has been written and read back.

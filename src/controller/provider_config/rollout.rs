@@ -173,7 +173,8 @@ fn defer(pass: &mut Pass, until: Timestamp) {
     pass.wait_until = Some(pass.wait_until.map_or(until, |w| w.min(until)));
 }
 
-/// The first 12 hex digits of a hash, for messages.
+/// The first 12 hex digits of a hash (after its scheme), for messages.
 pub fn short(hash: &str) -> &str {
-    &hash[..hash.len().min(12)]
+    let digits = hash.rsplit_once(':').map_or(hash, |(_, d)| d);
+    &digits[..digits.len().min(12)]
 }

@@ -10,6 +10,7 @@ use crate::api::provider_config::{
     KeyStatus, ProviderConfig, ProviderConfigPhase, ProviderConfigStatus, RolloutStatus,
 };
 use crate::conditions::{Desired, merge};
+use crate::desired::provider_config::{HashKey, same_scheme};
 
 /// Where this config stands among the configs of its type that claim the default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub struct Facts<'a> {
     pub secret_name: String,
     /// Hash of what the derived Secret holds now (None: there is none).
     pub credentials_hash: Option<String>,
+    /// The key of the fingerprints (None: no derived Secret carries one yet).
+    pub hash_key: Option<&'a HashKey>,
     pub standing: &'a Standing,
     pub provider_type: &'a str,
     /// A name conflict on one of the default aliases.
@@ -47,7 +50,7 @@ pub fn build(
     let generation = pc.metadata.generation;
     let mut status = current.clone();
     status.observed_generation = generation;
-    status.keys = keys(current, facts.resolution, now);
+    status.keys = keys(current, facts.resolution, facts.hash_key, now);
     status.effective_default = Some(*facts.standing == Standing::Default);
     status.config_map = Some(facts.config_map_name.clone());
     status.secret = (facts.credentials_hash.is_some() && facts.secret != Written::Conflict)
@@ -164,15 +167,25 @@ fn readiness(facts: &Facts<'_>) -> (Desired, Desired) {
 /// `status.keys[]`, in spec order. A key that cannot be read keeps its last fingerprint;
 /// `lastRotatedTime` moves only when a known fingerprint changes (the first sighting of a
 /// key is not a rotation).
-fn keys(current: &ProviderConfigStatus, resolution: &Resolution, now: Timestamp) -> Vec<KeyStatus> {
+fn keys(
+    current: &ProviderConfigStatus,
+    resolution: &Resolution,
+    hash_key: Option<&HashKey>,
+    now: Timestamp,
+) -> Vec<KeyStatus> {
     resolution
         .keys
         .iter()
         .map(|key| {
             let before = current.keys.iter().find(|k| k.name == key.name);
-            let fingerprint = key.value.as_ref().ok().map(|v| v.fingerprint());
+            let fingerprint = match (&key.value, hash_key) {
+                (Ok(value), Some(hash_key)) => Some(value.fingerprint(hash_key)),
+                _ => None,
+            };
             let old = before.and_then(|b| b.fingerprint.clone());
-            let rotated = matches!((&old, &fingerprint), (Some(a), Some(b)) if a != b);
+            // A fingerprint made another way (by an older Kiln) is replaced, not a rotation.
+            let rotated = matches!((&old, &fingerprint),
+                (Some(a), Some(b)) if a != b && same_scheme(a, b));
             KeyStatus {
                 name: key.name.clone(),
                 active: key.active,
@@ -194,6 +207,8 @@ mod tests {
     use crate::conditions::{find, is_true};
     use crate::controller::provider_config::resolve::{Missing, ResolvedKey};
     use crate::desired::provider_config::SecretValue;
+
+    static TEST_KEY: HashKey = HashKey::from_bytes([9; 32]);
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
@@ -231,6 +246,7 @@ mod tests {
             },
             secret_name: "main-credentials".into(),
             credentials_hash: hash.map(str::to_string),
+            hash_key: Some(&TEST_KEY),
             standing,
             provider_type: "openai",
             alias_conflict: None,
@@ -255,7 +271,12 @@ mod tests {
         assert_eq!(s.observed_generation, Some(2));
         let key = &s.keys[0];
         assert!(key.resolved && key.active);
-        assert!(key.fingerprint.as_deref().unwrap().starts_with("sha256:"));
+        assert!(
+            key.fingerprint
+                .as_deref()
+                .unwrap()
+                .starts_with("hmac-sha256:")
+        );
         assert_eq!(
             key.last_rotated_time, None,
             "first sighting is not a rotation"
@@ -268,6 +289,32 @@ mod tests {
             at(20),
         );
         assert_eq!(again, s);
+    }
+
+    #[test]
+    fn an_older_kind_of_fingerprint_is_replaced_without_a_rotation() {
+        let r = resolution(Ok("A"));
+        let mut old = build(
+            &pc(),
+            &Default::default(),
+            &facts(&r, &Standing::Default, Some("h1")),
+            at(10),
+        );
+        old.keys[0].fingerprint = Some("sha256:0123456789ab".into());
+        let s = build(
+            &pc(),
+            &old,
+            &facts(&r, &Standing::Default, Some("h1")),
+            at(20),
+        );
+        assert!(
+            s.keys[0]
+                .fingerprint
+                .as_deref()
+                .unwrap()
+                .starts_with("hmac-sha256:")
+        );
+        assert_eq!(s.keys[0].last_rotated_time, None);
     }
 
     #[test]

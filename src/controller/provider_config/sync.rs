@@ -11,11 +11,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::apply::managers;
-use crate::desired::labels::managed_by_kiln;
+use crate::desired::labels::{SHA256, managed_by_kiln};
 use crate::desired::provider_config::{
-    Credentials, PROVIDER_ROLE, Target, config_map_matches, secret_matches,
+    Credentials, HashKey, PROVIDER_ROLE, Target, config_map_matches, secret_matches,
 };
-use crate::error::{KubeContext, Result};
+use crate::error::{Error, KubeContext, Result};
 
 /// What happened to one derived object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +36,10 @@ pub enum Written {
 pub struct SecretOutcome {
     pub written: Written,
     pub holds: Option<Credentials>,
+    /// The hash of what it holds, as its annotation says (None: it holds nothing).
+    pub hash: Option<String>,
+    /// The key of its hash and of the keys' fingerprints, when the Secret carries one.
+    pub key: Option<HashKey>,
 }
 
 pub struct Writer<'a> {
@@ -63,11 +67,13 @@ impl Writer<'_> {
         }
     }
 
-    /// Makes `target`'s Secret hold `credentials`; with None, leaves it as it is.
+    /// Makes `target`'s Secret hold `credentials`; with None, leaves it as it is. Its hashes
+    /// use `key`, or else the key the Secret already carries, or else a new one.
     pub async fn secret(
         &self,
         target: &Target<'_>,
         credentials: Option<&Credentials>,
+        key: Option<&HashKey>,
     ) -> Result<SecretOutcome> {
         let name = target.name();
         // Read in full: the comparison needs the data. The object never reaches a log.
@@ -76,21 +82,37 @@ impl Writer<'_> {
             .get_opt(&name)
             .await
             .context(format!("reading Secret {name}"))?;
+        let kept_key = existing
+            .as_ref()
+            .and_then(|s| HashKey::from_meta(&s.metadata));
         if let Some(secret) = &existing
             && !target.may_overwrite(&secret.metadata)
         {
             return Ok(SecretOutcome {
                 written: Written::Conflict,
                 holds: None,
+                hash: None,
+                key: None,
             });
         }
         let Some(credentials) = credentials else {
+            // Unchanged content: the hash it was annotated with still describes it.
+            let hash = existing
+                .as_ref()
+                .and_then(|s| s.metadata.annotations.as_ref()?.get(SHA256).cloned());
             return Ok(SecretOutcome {
                 written: Written::Kept,
                 holds: existing.as_ref().map(Credentials::from_secret),
+                hash,
+                key: kept_key,
             });
         };
-        let want = target.secret(credentials);
+        let key = match (key, kept_key) {
+            (Some(key), _) => key.clone(),
+            (None, Some(kept)) => kept,
+            (None, None) => HashKey::generate().map_err(Error::Random)?,
+        };
+        let want = target.secret(credentials, &key);
         let written = match &existing {
             Some(secret) if secret_matches(secret, &want) => Written::Unchanged,
             _ => {
@@ -101,6 +123,8 @@ impl Writer<'_> {
         Ok(SecretOutcome {
             written,
             holds: Some(credentials.clone()),
+            hash: Some(credentials.hash(&key)),
+            key: Some(key),
         })
     }
 }
