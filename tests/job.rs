@@ -126,7 +126,8 @@ async fn declared_files_of_every_source_land_on_disk() {
         .create(
             &PostParams::default(),
             &serde_json::from_value(
-                json!({"metadata": {"name": "s"}, "stringData": {"token": "t0ps3cret"}}),
+                json!({"metadata": {"name": "s", "annotations": {"kiln.dev/allow-job-source": "true"}},
+                       "stringData": {"token": "t0ps3cret"}}),
             )
             .expect("secret"),
         )
@@ -167,6 +168,19 @@ async fn declared_files_of_every_source_land_on_disk() {
     assert_eq!(phase(&j), Some(JobPhase::Generating));
     assert!(j.status.as_ref().expect("s").missing_files.is_empty());
     assert!(j.finalizers().contains(&"kiln.dev/workspace".to_string()));
+    // The file made from the Secret is recorded, beside the files and in the status.
+    let sensitive: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.parent().expect("job dir").join("sensitive.json"))
+            .expect("sensitive.json"),
+    )
+    .expect("json");
+    assert_eq!(sensitive, json!({"files": {"conf/token": ["s"]}}));
+    let recorded = &j.status.as_ref().expect("s").sensitive_files;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        (recorded[0].path.as_str(), recorded[0].secrets.as_slice()),
+        ("conf/token", ["s".to_string()].as_slice())
+    );
 }
 
 #[tokio::test]

@@ -52,7 +52,13 @@ async fn world(prefix: &str, options: impl FnOnce(OperatorOptions) -> OperatorOp
 
 /// The chart's `kiln-edit` and `kiln-view` ClusterRoles, which the clusterrole-aggregation
 /// controller folds into the built-in `edit` and `view` roles: what a user of the chart has.
+/// Once per test binary (the tests share the control plane; two applies would race).
 fn install_aggregated_roles(cp: &ControlPlane) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| apply_aggregated_roles(cp));
+}
+
+fn apply_aggregated_roles(cp: &ControlPlane) {
     let chart = repo().join("charts/kiln");
     let rendered = std::process::Command::new(k8s_bin().join("helm"))
         .args(["template", "kiln"])
