@@ -4,16 +4,31 @@
 //! download): entries are sorted by path (byte-wise, as [`Workspace::list`] returns them),
 //! every entry has the timestamp 1980-01-01 00:00:00 (the earliest a ZIP can hold), Unix mode
 //! `0o644`, "made by" Unix, deflate at level 6, no extra fields, no comment, and no directory
-//! entries (directories are implied by the paths). Building streams each file through the
-//! ZIP writer with `std::io::copy`, so memory use does not depend on the size of the project.
+//! entries (directories are implied by the paths).
+//!
+//! # Using every core, with the same bytes
+//!
+//! Deflate is the cost of a build, and entries compress independently. So the sorted files are
+//! cut into runs of consecutive entries ([`chunks`], about [`CHUNK_INPUT_BYTES`] of input
+//! each); a bounded pool of threads writes each run as a small ZIP of its own (same entry
+//! options, same compressor) into a temporary file beside the archive, and the archive is
+//! assembled in path order by copying each run's entries raw (`ZipWriter::merge_archive`: no
+//! recompression, headers copied as written). An entry's bytes do not depend on where it
+//! sits in the archive, so the result is byte-for-byte the archive a single thread writes
+//! (a unit test pins a sha256 built by the one-thread code). At most [`in_flight`] runs exist
+//! at once, on disk rather than in memory, so memory does not grow with the project's size;
+//! every file is streamed with `std::io::copy`.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
 
 use sha2::{Digest, Sha256};
 use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, DateTime, System, ZipWriter};
+use zip::{CompressionMethod, DateTime, System, ZipArchive, ZipWriter};
 
 use super::error::{Error, Result, io_err};
 use super::fsutil::{self, TempFile};
@@ -26,6 +41,14 @@ const LARGE_FILE_BYTES: u64 = (4 << 30) - (64 << 20);
 
 /// Buffer between the ZIP writer and the archive file.
 const WRITE_BUFFER: usize = 256 * 1024;
+/// Input bytes per run of entries compressed by one thread. Small enough that two cores stay
+/// busy on a project of a few MiB, large enough that the per-run overhead (a temporary file,
+/// its central directory) stays negligible.
+const CHUNK_INPUT_BYTES: u64 = 2 << 20;
+/// At most this many entries per run (many tiny files cost headers, not deflate time).
+const CHUNK_MAX_FILES: usize = 512;
+/// Most threads an archive build uses.
+const MAX_THREADS: usize = 8;
 
 /// A built archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +95,7 @@ impl Workspace {
         let mut temp = TempFile::create_in(&job_dir, "archive")
             .map_err(io_err("create a temporary file in", &job_dir))?;
 
-        self.write_zip(job, &files, &mut temp.file)?;
+        self.write_zip(job, &job_dir, &files, threads(), &mut temp.file)?;
         temp.file.sync_all().map_err(io_err("sync", &temp.path))?;
         let size_bytes = temp
             .file
@@ -154,13 +177,45 @@ impl Workspace {
         Ok(true)
     }
 
-    fn write_zip(&self, job: &JobKey, files: &[FileInfo], out: &mut File) -> Result<()> {
+    /// Writes the ZIP of `files` (sorted) to `out`, compressing on up to `threads` threads.
+    pub(crate) fn write_zip(
+        &self,
+        job: &JobKey,
+        job_dir: &Path,
+        files: &[FileInfo],
+        threads: usize,
+        out: &mut File,
+    ) -> Result<()> {
         let zip_err = |source| Error::Archive {
             job: job.clone(),
             source,
         };
-        let options = entry_options();
         let mut zip = ZipWriter::new(BufWriter::with_capacity(WRITE_BUFFER, &mut *out));
+        let runs = chunks(files, CHUNK_INPUT_BYTES, CHUNK_MAX_FILES);
+        let threads = threads.min(runs.len());
+        if threads <= 1 {
+            self.write_entries(job, files, &mut zip)?;
+        } else {
+            self.compress_in_parallel(job, job_dir, &runs, threads, |run| {
+                let archive = ZipArchive::new(run).map_err(zip_err)?;
+                zip.merge_archive(archive).map_err(zip_err)
+            })?;
+        }
+        let buffered = zip.finish().map_err(zip_err)?;
+        buffered
+            .into_inner()
+            .map_err(|e| io_err("write the archive of", job.to_string())(e.into_error()))?;
+        Ok(())
+    }
+
+    /// Streams each of `files` into `zip` as an entry, in order.
+    fn write_entries<W: Write + Seek>(
+        &self,
+        job: &JobKey,
+        files: &[FileInfo],
+        zip: &mut ZipWriter<W>,
+    ) -> Result<()> {
+        let options = entry_options();
         for entry in files {
             let mut source = match self.open_file(job, &entry.path) {
                 Ok(f) => f,
@@ -174,19 +229,137 @@ impl Workspace {
             };
             let options = options.large_file(source.info.size_bytes >= LARGE_FILE_BYTES);
             zip.start_file(entry.path.as_str(), options)
-                .map_err(zip_err)?;
-            io::copy(&mut source.file, &mut zip).map_err(|e| Error::Io {
+                .map_err(|source| Error::Archive {
+                    job: job.clone(),
+                    source,
+                })?;
+            io::copy(&mut source.file, zip).map_err(|e| Error::Io {
                 op: "copy into the archive",
                 path: entry.path.as_str().into(),
                 source: e,
             })?;
         }
+        Ok(())
+    }
+
+    /// Compresses each run into a ZIP of its own on `threads` threads and hands them to
+    /// `merge` in order, as each becomes the next one due. The first error stops the build:
+    /// no new run starts, and the error is returned once the threads have stopped.
+    fn compress_in_parallel(
+        &self,
+        job: &JobKey,
+        job_dir: &Path,
+        runs: &[&[FileInfo]],
+        threads: usize,
+        mut merge: impl FnMut(File) -> Result<()>,
+    ) -> Result<()> {
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        // A run may start only with a ticket; the merging side returns one per merged run. So
+        // at most `in_flight` runs are being compressed or waiting to be merged.
+        let (tickets, ticket) = mpsc::sync_channel::<()>(in_flight(threads));
+        let ticket = Mutex::new(ticket);
+        let (done, finished) = mpsc::channel::<(usize, Result<TempFile>)>();
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let done = done.clone();
+                let (next, stop, ticket) = (&next, &stop, &ticket);
+                scope.spawn(move || {
+                    loop {
+                        let took = ticket.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        if took.is_err() || stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(run) = runs.get(i) else { return };
+                        let compressed = self.compress_run(job, job_dir, run);
+                        if done.send((i, compressed)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(done);
+            let result = (|| {
+                for _ in 0..in_flight(threads) {
+                    let _ = tickets.send(());
+                }
+                let mut waiting = BTreeMap::new();
+                let mut due = 0;
+                while due < runs.len() {
+                    let Ok((i, compressed)) = finished.recv() else {
+                        return Err(io_err("compress", job_dir)(io::Error::other(
+                            "an archive thread stopped early",
+                        )));
+                    };
+                    waiting.insert(i, compressed?);
+                    while let Some(mut run) = waiting.remove(&due) {
+                        run.file.rewind().map_err(io_err("rewind", &run.path))?;
+                        let file = run.file.try_clone().map_err(io_err("reopen", &run.path))?;
+                        merge(file)?;
+                        due += 1;
+                        let _ = tickets.send(());
+                    }
+                }
+                Ok(())
+            })();
+            // Unblock and stop the threads whatever happened; the scope then joins them.
+            stop.store(true, Ordering::Relaxed);
+            drop(tickets);
+            result
+        })
+    }
+
+    /// One run of entries as a ZIP in a temporary file beside the archive (deleted when
+    /// dropped; a crash leaves a `.kiln-tmp.*` file that the next start removes).
+    fn compress_run(&self, job: &JobKey, job_dir: &Path, run: &[FileInfo]) -> Result<TempFile> {
+        let zip_err = |source| Error::Archive {
+            job: job.clone(),
+            source,
+        };
+        let mut temp = TempFile::create_in(job_dir, "archive-run")
+            .map_err(io_err("create a temporary file in", job_dir))?;
+        let mut zip = ZipWriter::new(BufWriter::with_capacity(WRITE_BUFFER, &mut temp.file));
+        self.write_entries(job, run, &mut zip)?;
         let buffered = zip.finish().map_err(zip_err)?;
         buffered
             .into_inner()
-            .map_err(|e| io_err("write the archive of", job.to_string())(e.into_error()))?;
-        Ok(())
+            .map_err(|e| io_err("write", job_dir)(e.into_error()))?;
+        Ok(temp)
     }
+}
+
+/// Threads for a build: the cores this process may use, at most [`MAX_THREADS`].
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_THREADS)
+}
+
+/// Runs compressed or waiting to be merged at once: enough that a slow run does not idle
+/// the other threads, few enough to bound the temporary files.
+fn in_flight(threads: usize) -> usize {
+    threads * 2
+}
+
+/// Cuts sorted `files` into runs of consecutive entries of about `target` input bytes (a
+/// larger file is a run of its own) and at most `max_files` entries.
+fn chunks(files: &[FileInfo], target: u64, max_files: usize) -> Vec<&[FileInfo]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, file) in files.iter().enumerate() {
+        if i > start && (bytes + file.size_bytes > target || i - start >= max_files) {
+            runs.push(&files[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += file.size_bytes;
+    }
+    if start < files.len() {
+        runs.push(&files[start..]);
+    }
+    runs
 }
 
 /// The options every entry gets; everything that could vary is pinned.
@@ -204,4 +377,42 @@ fn sha256_of(file: &mut File) -> io::Result<String> {
     let mut hasher = Sha256::new();
     io::copy(file, &mut hasher)?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workspace::JobPath;
+
+    fn file(path: &str, size: u64) -> FileInfo {
+        FileInfo {
+            path: JobPath::parse(path).unwrap(),
+            size_bytes: size,
+            modified: std::time::SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn runs_are_consecutive_and_bounded() {
+        let files: Vec<FileInfo> = [3, 3, 3, 10, 1, 1, 1, 1, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| file(&format!("f{i}"), size))
+            .collect();
+        let sizes = |runs: Vec<&[FileInfo]>| -> Vec<Vec<u64>> {
+            runs.iter()
+                .map(|r| r.iter().map(|f| f.size_bytes).collect())
+                .collect()
+        };
+        assert_eq!(
+            sizes(chunks(&files, 6, 100)),
+            [vec![3, 3], vec![3], vec![10], vec![1, 1, 1, 1, 1]]
+        );
+        assert_eq!(
+            sizes(chunks(&files, 100, 4)),
+            [vec![3, 3, 3, 10], vec![1, 1, 1, 1], vec![1]]
+        );
+        assert!(chunks(&[], 6, 4).is_empty());
+        assert_eq!(chunks(&files, 0, 100).len(), files.len());
+    }
 }

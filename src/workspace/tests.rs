@@ -965,3 +965,82 @@ fn a_symlinked_archive_is_not_served() {
             .is_file()
     );
 }
+
+/// A tree large enough to span several archive chunks: many small text files, a few large
+/// ones (one larger than a chunk), an empty file, names in several scripts and depths.
+fn chunky_files() -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut noise = |len: usize| {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    for i in 0..300 {
+        let text = format!("line {i} of a source file\n").repeat(1 + i % 40);
+        files.push((format!("src/mod{}/file{i:03}.rs", i % 7), text.into_bytes()));
+    }
+    files.push(("assets/big.bin".into(), noise(3 << 20)));
+    files.push(("assets/medium.bin".into(), noise(700 << 10)));
+    files.push(("docs/长文.md".into(), "文字\n".repeat(50_000).into_bytes()));
+    files.push(("empty".into(), Vec::new()));
+    files.push(("z/last.txt".into(), b"end\n".to_vec()));
+    files
+}
+
+#[test]
+fn archives_keep_the_bytes_of_the_sequential_build() {
+    let (_d, ws, job) = setup(Limits::default());
+    for (path, data) in chunky_files() {
+        ws.write(&job, &p(&path), &data).unwrap();
+    }
+    // Built by the one-thread code before archives were compressed in parallel.
+    const GOLDEN: &str = "93618c3f416e6454effcd29961d86095e854c6c85c81f9ea259d9d20df7b0b3f";
+    let built = ws.build_archive(&job).unwrap();
+    assert_eq!(
+        (built.sha256.as_str(), built.size_bytes),
+        (GOLDEN, 3_910_468)
+    );
+
+    // The same, on one thread and on many, into a file of its own.
+    let files = ws.list(&job).unwrap();
+    let job_dir = ws.job_dir(&job);
+    for threads in [1, 2, 3, 8] {
+        let mut out = tempfile::tempfile().unwrap();
+        ws.write_zip(&job, &job_dir, &files, threads, &mut out)
+            .unwrap();
+        let mut bytes = Vec::new();
+        io::Seek::rewind(&mut out).unwrap();
+        out.read_to_end(&mut bytes).unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            GOLDEN,
+            "{threads} threads"
+        );
+    }
+    assert_eq!(temp_leftovers(ws.root()), Vec::<String>::new());
+    let mut expected = chunky_files();
+    expected.sort();
+    assert_eq!(unzip(&built.path), expected);
+}
+
+#[test]
+fn a_parallel_build_fails_cleanly_when_a_file_goes_away() {
+    let (_d, ws, job) = setup(Limits::default());
+    for (path, data) in chunky_files() {
+        ws.write(&job, &p(&path), &data).unwrap();
+    }
+    let files = ws.list(&job).unwrap();
+    ws.delete(&job, &p("src/mod3/file150.rs")).unwrap();
+    let mut out = tempfile::tempfile().unwrap();
+    let e = ws
+        .write_zip(&job, &ws.job_dir(&job), &files, 4, &mut out)
+        .unwrap_err();
+    assert!(matches!(e, Error::ArchiveSourceChanged { .. }), "{e:?}");
+    assert_eq!(temp_leftovers(ws.root()), Vec::<String>::new());
+}
