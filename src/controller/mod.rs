@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -114,6 +114,38 @@ pub async fn drive<K, R, E>(
     info!(controller = name, "controller stopped");
 }
 
+/// kubectl's client-side apply annotation: the whole object as last applied, again.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no reconcile reads from an object before it is cached: its managed fields and
+/// kubectl's last-applied annotation. Both are per object and large (a `kubectl apply`'d
+/// Draft would otherwise carry its config twice); with thousands of objects they are most of
+/// the cache.
+pub fn slim_for_cache<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// A controller for `K` whose cache holds slimmed objects ([`slim_for_cache`]).
+pub fn slim_controller<K>(api: Api<K>) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher_config()).modify(slim_for_cache::<K>),
+    )
+    .applied_objects();
+    Controller::for_stream(stream, store)
+}
+
 /// Default watcher configuration: Kiln's own kinds are few and small, so a full watch is fine;
 /// lists are paged so that a large namespace does not arrive as one giant response.
 pub fn watcher_config() -> watcher::Config {
@@ -154,4 +186,34 @@ pub fn start(
         }
     }
     (probes, tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::draft::Draft;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    #[test]
+    fn cached_objects_drop_managed_fields_and_the_last_applied_copy() {
+        let mut draft: Draft = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kiln.dev/v1alpha1", "kind": "Draft",
+            "metadata": {"name": "d", "annotations": {
+                LAST_APPLIED: "{\"spec\":{\"config\":{\"big\":true}}}",
+                "argocd.argoproj.io/tracking-id": "app:kiln.dev/Draft:ns/d",
+            }},
+            "spec": {"configType": "content", "config": {"id": "x"}},
+        }))
+        .unwrap();
+        draft.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        slim_for_cache(&mut draft);
+        assert_eq!(draft.metadata.managed_fields, None);
+        let annotations = draft.metadata.annotations.clone().unwrap();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert!(annotations.contains_key("argocd.argoproj.io/tracking-id"));
+
+        draft.metadata.annotations = Some([(LAST_APPLIED.to_string(), "{}".to_string())].into());
+        slim_for_cache(&mut draft);
+        assert_eq!(draft.metadata.annotations, None);
+    }
 }

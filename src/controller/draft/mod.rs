@@ -13,7 +13,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -21,7 +21,9 @@ use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::lifecycle::{self, Lifecycle, Remembered, Subject};
-use super::{Context, ReadinessProbe, Scope, backoff_on_error, drive, store_ready, watcher_config};
+use super::{
+    Context, ReadinessProbe, Scope, backoff_on_error, drive, slim_controller, store_ready,
+};
 use crate::api::Expiration;
 use crate::api::draft::Draft;
 use crate::apply;
@@ -46,7 +48,7 @@ pub fn start(
     scope: &Scope,
     shutdown: CancellationToken,
 ) -> (ReadinessProbe, tokio::task::JoinHandle<()>) {
-    let controller = Controller::new(scope.api::<Draft>(&ctx.client), watcher_config());
+    let controller = slim_controller(scope.api::<Draft>(&ctx.client));
     let store = controller.store();
     let probe = store_ready(store.clone());
     let counted = store.clone();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::lifecycle::{self, Lifecycle, Remembered, Subject};
-use super::{Context, ReadinessProbe, Scope, backoff_on_error, drive, store_ready, watcher_config};
+use super::{
+    Context, ReadinessProbe, Scope, backoff_on_error, drive, slim_controller, store_ready,
+};
 use crate::api::Expiration;
 use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus};
 use crate::apply;
@@ -45,8 +47,8 @@ pub fn start(
     scope: &Scope,
     shutdown: CancellationToken,
 ) -> (ReadinessProbe, tokio::task::JoinHandle<()>) {
-    let controller = Controller::new(scope.api::<KilnJob>(&ctx.client), watcher_config())
-        .reconcile_on(ctx.job_nudge.subscribe());
+    let controller =
+        slim_controller(scope.api::<KilnJob>(&ctx.client)).reconcile_on(ctx.job_nudge.subscribe());
     let store = controller.store();
     let probe = store_ready(store.clone());
     ctx.metrics.register_phase_source(

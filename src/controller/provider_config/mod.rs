@@ -33,7 +33,10 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::{Context, ReadinessProbe, Scope, backoff_on_error, drive, store_ready, watcher_config};
+use super::{
+    Context, ReadinessProbe, Scope, backoff_on_error, drive, slim_for_cache, store_ready,
+    watcher_config,
+};
 use crate::api::conditions::types::DEFAULT_CONFLICT;
 use crate::api::provider_config::{ProviderConfig, ProviderConfigStatus, RolloutStatus};
 use crate::apply;
@@ -73,7 +76,7 @@ pub fn start(
     let primary = reflector::reflector(
         writer,
         watcher(scope.api::<ProviderConfig>(&ctx.client), watcher_config())
-            .modify(|pc| pc.managed_fields_mut().clear()),
+            .modify(slim_for_cache::<ProviderConfig>),
     )
     .inspect_ok(move |event| siblings.observe(event))
     .applied_objects();
