@@ -309,8 +309,11 @@ async fn a_lost_workspace_rebuilds_declared_files_and_reports_lost_uploads() {
             j.status.as_ref().and_then(|s| s.files_count) == Some(1)
         })
         .await;
-    // An upload (written the way the file API does) the controller cannot regenerate.
+    // An upload the controller cannot regenerate. Written behind the operator's back, so it
+    // is restarted to count it (its accounting is built by scanning at start, then kept by
+    // the file API's writes).
     std::fs::write(w.files_dir(&j).join("uploaded.txt"), "U").expect("upload");
+    w.op.restart("info,kiln=debug").await;
     w.patch("l", json!({"metadata": {"annotations": {"touch": "1"}}}))
         .await;
     w.wait("l", "2 files counted", |j| {

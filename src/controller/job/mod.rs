@@ -167,13 +167,25 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
         blocking(&ctx.workspace, move |ws| ws.sensitive(&key)).await?
     };
 
-    let files = {
+    // Counts from the workspace's accounting and one lookup per planned file: a reconcile
+    // follows every upload, and walking a job of thousands of files each time would make an
+    // upload stream quadratic.
+    let planned = planned_paths(job.spec.plan.as_ref());
+    let (usage, present) = {
         let key = key.clone();
-        blocking(&ctx.workspace, move |ws| ws.list(&key)).await?
+        let planned = planned.clone();
+        blocking(&ctx.workspace, move |ws| {
+            let usage = ws.job_usage(&key)?;
+            let present: Vec<String> = planned
+                .into_iter()
+                .filter(|p| JobPath::parse(p).is_ok_and(|path| ws.stat(&key, &path).is_ok()))
+                .collect();
+            Ok((usage, present))
+        })
+        .await?
     };
     let lost_uploads = lost_uploads(job, &current, created);
-    let planned = planned_paths(job.spec.plan.as_ref());
-    let seen_missing = missing_files(&planned, files.iter().map(|f| f.path.as_str()));
+    let seen_missing = missing_files(&planned, present.iter().map(String::as_str));
 
     let ready_to_archive = job.spec.complete == Some(true)
         && job.spec.failure.is_none()
@@ -191,8 +203,8 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
     };
 
     let seen = Observed {
-        files_count: files.len() as i64,
-        total_size_bytes: files.iter().map(|f| f.size_bytes as i64).sum(),
+        files_count: usage.files as i64,
+        total_size_bytes: usage.bytes as i64,
         missing_files: seen_missing,
         problems: problems.clone(),
         lost_uploads,
