@@ -36,7 +36,7 @@ use super::error::ApiError;
 use super::jobs::{Jobs, Target, check_names};
 use crate::api::KilnJob;
 use crate::api::job::JobPhase;
-use crate::controller::nudge::Nudge;
+use crate::controller::nudge::{Nudge, Throttled};
 use crate::workspace::{self, FileInfo, JobPath, Sensitivity, Workspace, WriteOutcome};
 
 /// JSON adds this much around a file's content (path, field names, escapes of a short text).
@@ -51,11 +51,15 @@ const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const WORKSPACE_WAIT: Duration = Duration::from_secs(5);
 /// Chunk size of streamed downloads.
 const READ_CHUNK: usize = 64 * 1024;
+/// After a write, the Job controller is asked to count the files at most this often per Job
+/// (the first write at once, the last one at the end of the window).
+const STATUS_WINDOW: Duration = Duration::from_millis(500);
 
 /// What the file API needs: the workspace, the Job controller's nudge, auth and the Jobs.
 pub struct FileApi {
     workspace: Arc<Workspace>,
     nudge: Nudge<KilnJob>,
+    written: Throttled<KilnJob>,
     auth: Auth,
     jobs: Jobs,
 }
@@ -70,6 +74,7 @@ impl FileApi {
     ) -> Self {
         FileApi {
             workspace,
+            written: Throttled::new(nudge.clone(), STATUS_WINDOW),
             nudge,
             auth: Auth::new(client.clone()),
             jobs: Jobs::start(client, namespaces),
@@ -202,9 +207,10 @@ impl FileApi {
         )
     }
 
-    /// The Job controller counts files and bytes in the Job's status: tell it to look now.
+    /// The Job controller counts files and bytes in the Job's status: tell it to look (now,
+    /// or at the end of the current window when writes come in a stream).
     fn written(&self, target: &Target) {
-        self.nudge.nudge(&target.namespace, &target.name);
+        self.written.nudge(&target.namespace, &target.name);
     }
 }
 
