@@ -132,17 +132,15 @@ pub fn slim_for_cache<K: Resource>(obj: &mut K) {
     }
 }
 
-/// A controller for `K` whose cache holds slimmed objects ([`slim_for_cache`]).
-pub fn slim_controller<K>(api: Api<K>) -> Controller<K>
+/// A controller for `K` whose cache holds objects changed by `slim` (at least
+/// [`slim_for_cache`]) before they are stored.
+pub fn slim_controller<K>(api: Api<K>, slim: fn(&mut K)) -> Controller<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher_config()).modify(slim_for_cache::<K>),
-    )
-    .applied_objects();
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher_config()).modify(slim)).applied_objects();
     Controller::for_stream(stream, store)
 }
 

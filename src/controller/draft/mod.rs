@@ -4,6 +4,7 @@
 //! labels and the `kiln.dev/source-draft` annotation (published ConfigMaps, for drift
 //! repair) or by `spec.schemaRef` (so that editing a schema re-validates its drafts).
 
+mod cache;
 mod publish;
 mod schema;
 mod status;
@@ -48,7 +49,7 @@ pub fn start(
     scope: &Scope,
     shutdown: CancellationToken,
 ) -> (ReadinessProbe, tokio::task::JoinHandle<()>) {
-    let controller = slim_controller(scope.api::<Draft>(&ctx.client));
+    let controller = slim_controller(scope.api::<Draft>(&ctx.client), cache::compact);
     let store = controller.store();
     let probe = store_ready(store.clone());
     let counted = store.clone();
@@ -156,14 +157,11 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>) -> Result<Action> {
         return expire(&ctx, &drafts, &draft, &current, &life, now).await;
     }
 
-    let verdict = schema::check(&configmaps, &draft.spec).await?;
+    let config = cache::config(&draft)?;
+    let verdict = schema::check(&configmaps, &draft.spec, &config).await?;
     let outcome = match (&verdict, &draft.spec.publish) {
         (Verdict::Valid, Some(publish)) => {
-            let publication = Publication::new(
-                &publish.config_id,
-                draft.spec.config_type,
-                &draft.spec.config,
-            );
+            let publication = Publication::new(&publish.config_id, draft.spec.config_type, &config);
             let mut publisher = Publisher {
                 configmaps: &configmaps,
                 drafts: &drafts,

@@ -21,14 +21,19 @@ pub enum Verdict {
     },
 }
 
-/// Checks the draft's config against `schemaRef` if set, else the built-in schema.
-pub async fn check(configmaps: &Api<ConfigMap>, spec: &DraftSpec) -> Result<Verdict> {
+/// Checks `config` (the draft's, see `cache::config`) against `schemaRef` if set, else the
+/// built-in schema.
+pub async fn check(
+    configmaps: &Api<ConfigMap>,
+    spec: &DraftSpec,
+    config: &serde_json::Value,
+) -> Result<Verdict> {
     let Some(reference) = &spec.schema_ref else {
         let kind = match spec.config_type {
             ConfigType::Content => validate::BuiltinSchema::Content,
             ConfigType::Artifact => validate::BuiltinSchema::Artifact,
         };
-        return Ok(to_verdict(validate::validate_builtin(kind, &spec.config)));
+        return Ok(to_verdict(validate::validate_builtin(kind, config)));
     };
     let Some(cm) = configmaps
         .get_opt(&reference.name)
@@ -53,7 +58,7 @@ pub async fn check(configmaps: &Api<ConfigMap>, spec: &DraftSpec) -> Result<Verd
         });
     };
     match validate::CustomSchema::compile(text) {
-        Ok(schema) => Ok(to_verdict(schema.validate(&spec.config))),
+        Ok(schema) => Ok(to_verdict(schema.validate(config))),
         Err(error) => Ok(Verdict::BrokenSchema {
             reason: "SchemaInvalid",
             message: format!("schemaRef {}/{}: {error}", reference.name, reference.key),

@@ -20,7 +20,8 @@ use tracing::{info, warn};
 
 use super::lifecycle::{self, Lifecycle, Remembered, Subject};
 use super::{
-    Context, ReadinessProbe, Scope, backoff_on_error, drive, slim_controller, store_ready,
+    Context, ReadinessProbe, Scope, backoff_on_error, drive, slim_controller, slim_for_cache,
+    store_ready,
 };
 use crate::api::Expiration;
 use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus};
@@ -47,8 +48,8 @@ pub fn start(
     scope: &Scope,
     shutdown: CancellationToken,
 ) -> (ReadinessProbe, tokio::task::JoinHandle<()>) {
-    let controller =
-        slim_controller(scope.api::<KilnJob>(&ctx.client)).reconcile_on(ctx.job_nudge.subscribe());
+    let controller = slim_controller(scope.api::<KilnJob>(&ctx.client), slim_for_cache::<KilnJob>)
+        .reconcile_on(ctx.job_nudge.subscribe());
     let store = controller.store();
     let probe = store_ready(store.clone());
     ctx.metrics.register_phase_source(
