@@ -1,6 +1,7 @@
 //! `kiln run`: start the HTTP server, win the election, run the controllers, drain on SIGTERM.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::join_all;
@@ -122,7 +123,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         workspace,
         job_nudge,
     ));
-    let (probes, tasks) = controller::start(ctx, shutdown.clone());
+    let (probes, tasks) = controller::start(ctx.clone(), shutdown.clone());
     let synced = health.clone();
     tokio::spawn(async move {
         join_all(probes).await;
@@ -146,6 +147,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     health.set_leader(false);
     shutdown.cancel();
     join_all(tasks).await;
+    ctx.flush_events(Duration::from_secs(5)).await;
     if let Some(election) = election {
         election.release().await;
     }

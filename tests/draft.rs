@@ -409,11 +409,16 @@ async fn edited_and_deleted_published_configmaps_are_repaired() {
     })
     .await;
     eprintln!("deletion repaired in {:?}", start.elapsed());
-    let corrections = w.events("DriftCorrected").await;
-    assert!(
-        corrections.len() >= 2 || corrections.iter().any(|e| e.series.is_some()),
-        "DriftCorrected Events: {corrections:?}"
-    );
+    // Events are published in the background: wait for both repairs to be recorded.
+    eventually(
+        Duration::from_secs(10),
+        "two DriftCorrected Events",
+        || async {
+            let corrections = w.events("DriftCorrected").await;
+            (corrections.len() >= 2 || corrections.iter().any(|e| e.series.is_some())).then_some(())
+        },
+    )
+    .await;
     let d = w.drafts.get("g").await.expect("draft");
     assert_eq!(
         d.status

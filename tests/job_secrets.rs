@@ -297,11 +297,10 @@ async fn files_made_from_a_secret_are_served_only_to_readers_of_that_secret() {
     );
 
     // Kiln says who can read what.
-    let announced = w.events("SensitiveFiles").await;
-    let note = announced
-        .first()
-        .and_then(|e| e.note.clone())
-        .unwrap_or_else(|| panic!("a SensitiveFiles Event: {announced:?}"));
+    let note = eventually(WAIT, "a SensitiveFiles Event", || async {
+        w.events("SensitiveFiles").await.first()?.note.clone()
+    })
+    .await;
     assert!(note.contains("p.txt") && note.contains("db"), "{note}");
 
     // Dropping the file from the spec leaves its bytes in the workspace: they stay guarded.
@@ -370,10 +369,10 @@ async fn a_secret_is_a_source_only_when_it_opts_in() {
     );
     let r = w.get(&editor, "refused", "files/p.txt").await;
     assert_eq!(r.status, 404, "nothing was written: {}", r.text());
-    assert!(
-        !w.events("SourceNotAllowed").await.is_empty(),
-        "a SourceNotAllowed Event"
-    );
+    eventually(WAIT, "a SourceNotAllowed Event", || async {
+        (!w.events("SourceNotAllowed").await.is_empty()).then_some(())
+    })
+    .await;
 
     // The Secret's owner opts in: the file appears without anyone touching the Job.
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
@@ -415,6 +414,10 @@ async fn a_broken_template_from_a_secret_is_reported_without_its_text() {
     let text = serde_json::to_string(&job).expect("json");
     assert!(!text.contains("leakyfilterxq"), "{text}");
     assert!(text.contains("details withheld"), "{text}");
-    let events = serde_json::to_string(&w.events("TemplateError").await).expect("json");
+    let events = eventually(WAIT, "a TemplateError Event", || async {
+        let events = w.events("TemplateError").await;
+        (!events.is_empty()).then(|| serde_json::to_string(&events).expect("json"))
+    })
+    .await;
     assert!(!events.contains("leakyfilterxq"), "{events}");
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::metrics::Metrics;
@@ -36,10 +37,15 @@ pub struct Context {
     pub workspace: std::sync::Arc<crate::workspace::Workspace>,
     /// Reconcile requests for jobs, sent by the HTTP file API after a write.
     pub job_nudge: super::nudge::Nudge<crate::api::KilnJob>,
-    pub recorder: Recorder,
+    recorder: Recorder,
+    /// Permits for Events being published in the background (see [`Context::event`]).
+    events_in_flight: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
 }
+
+/// Events published at once in the background; a reconcile that would exceed it waits.
+const EVENTS_IN_FLIGHT: u32 = 32;
 
 impl Context {
     pub fn new(
@@ -56,6 +62,7 @@ impl Context {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
+            events_in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT as usize)),
             client,
             workspace,
             job_nudge,
@@ -64,8 +71,12 @@ impl Context {
         }
     }
 
-    /// Publishes an Event about `obj`. Events are the audit trail, but failing to write one
-    /// must not fail the reconcile that caused it: the state change already happened.
+    /// Publishes an Event about `obj`, in the background. Events are the audit trail, but
+    /// failing to write one must not fail the reconcile that caused it (the state change
+    /// already happened), and waiting for one must not hold a reconcile slot: with a
+    /// thousand drafts expiring at once, the Events would double the time the deletions
+    /// take. At most [`EVENTS_IN_FLIGHT`] are sent at once; past that the caller waits.
+    /// [`Context::flush_events`] waits for the ones still in flight at shutdown.
     pub async fn event<K>(
         &self,
         obj: &K,
@@ -83,8 +94,24 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            warn!(%error, reason, "could not publish an Event");
+        let reference = obj.object_ref(&());
+        let recorder = self.recorder.clone();
+        let Ok(permit) = self.events_in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                warn!(%error, reason = %event.reason, "could not publish an Event");
+            }
+            drop(permit);
+        });
+    }
+
+    /// Waits (at most `timeout`) for the Events still being published.
+    pub async fn flush_events(&self, timeout: Duration) {
+        let all = self.events_in_flight.acquire_many(EVENTS_IN_FLIGHT);
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            warn!("some Events were still being published at shutdown");
         }
     }
 }
