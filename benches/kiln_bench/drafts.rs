@@ -757,26 +757,117 @@ pub async fn economy(b: &Bench, _args: &Args, mut world: World) -> anyhow::Resul
     Ok(r)
 }
 
-/// Scenario 3: M drafts with `retention: 10s`; the lag from `status.expiresAt` to the
-/// deletion the benchmark's watch observes.
+/// Creates `m` drafts whose retentions all end in the same whole second, `target`: each
+/// draft's retention is chosen when it is sent (its `creationTimestamp` is that second,
+/// truncated), so the time creating them takes does not spread their expiries.
+async fn create_expiring_together(
+    api: Api<Draft>,
+    m: usize,
+    target: Timestamp,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    stream::iter(0..m)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let left = target.duration_since(Timestamp::now()).as_secs_f64();
+                anyhow::ensure!(left > 2.0, "creating the drafts took too long");
+                let retention = format!("{}s", left.ceil() as u64);
+                let d = bench_draft(&format!("expire-{i:04}"), Some(&retention), false);
+                api.create(&PostParams::default(), &d)
+                    .await
+                    .with_context(|| format!("creating draft {}", d.name_any()))
+            }
+        })
+        .buffer_unordered(in_flight)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+}
+
+/// Seconds from a common start to each deletion seen by a watch, for `m` drafts deleted
+/// directly (the physical floor of a mass expiry).
+struct DirectDeletes {
+    in_flight: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+async fn direct_deletes(b: &Bench, m: usize, in_flight: usize) -> anyhow::Result<DirectDeletes> {
+    let ns = b.namespace("bench-expiry-direct").await;
+    let api = Api::<Draft>::namespaced(b.client.clone(), &ns);
+    let drafts = (0..m)
+        .map(|i| bench_draft(&format!("direct-{i:04}"), None, false))
+        .collect();
+    create_drafts(api.clone(), drafts, in_flight).await?;
+    let mut watch = DraftWatch::start(api.clone()).await?;
+    let in_flight = in_flight.min(16);
+    let start = Instant::now();
+    let deleting = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            stream::iter(0..m)
+                .map(|i| {
+                    let api = api.clone();
+                    async move {
+                        api.delete(&format!("direct-{i:04}"), &Default::default())
+                            .await
+                            .map(|_| ())
+                    }
+                })
+                .buffer_unordered(in_flight)
+                .try_for_each(|()| async { Ok(()) })
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    while seen.len() < m {
+        let Some(s) = watch.next(deadline).await else {
+            bail!(
+                "direct deletes: only {} of {m} seen within 120s",
+                seen.len()
+            );
+        };
+        if let Seen::Deleted(_) = s.seen {
+            seen.push(start.elapsed().as_secs_f64());
+        }
+    }
+    deleting.await??;
+    Ok(DirectDeletes {
+        in_flight,
+        p50: quantile(&seen, 0.5),
+        p99: quantile(&seen, 0.99),
+        max: seen.iter().copied().fold(0.0, f64::max),
+    })
+}
+
+/// Scenario 3: M drafts whose retentions end in the same second; the lag from
+/// `status.expiresAt` to the deletion the benchmark's watch observes.
 pub async fn expiry(b: &Bench, args: &Args) -> anyhow::Result<Report> {
     let m = args.expiring();
-    let retention = "10s";
     let ns = b.namespace("bench-expiry").await;
     let mut kiln = start_kiln(b, &ns, &[]).await;
     let api = Api::<Draft>::namespaced(b.client.clone(), &ns);
     let mut watch = DraftWatch::start(api.clone()).await?;
-    let drafts = (0..m)
-        .map(|i| bench_draft(&format!("expire-{i:04}"), Some(retention), false))
-        .collect();
-    create_drafts(api, drafts, args.in_flight(m)).await?;
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // Time to create and converge them all first (~25 ms per draft on 2 cores, at least 20 s).
+    let lead = (20.0f64).max(m as f64 * 0.025).ceil() as i64;
+    let target = Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(lead + 1))?
+        .round(k8s_openapi::jiff::Unit::Second)?;
+    let retention = format!("chosen per draft so that all expire at {target}");
+    create_expiring_together(api, m, target, args.in_flight(m)).await?;
+    let deadline = Instant::now() + Duration::from_secs(90 + lead as u64);
     let mut expires_at: HashMap<String, Timestamp> = HashMap::new();
     let mut lags: Vec<f64> = Vec::new();
     let mut missing_expiry = 0;
     while lags.len() + missing_expiry < m {
         let Some(s) = watch.next(deadline).await else {
-            bail!("only {} of {m} drafts were deleted within 90s", lags.len());
+            bail!(
+                "only {} of {m} drafts were deleted within {}s",
+                lags.len(),
+                90 + lead
+            );
         };
         let (Seen::Applied(d) | Seen::Deleted(d)) = &s.seen;
         let at = d
@@ -831,32 +922,39 @@ pub async fn expiry(b: &Bench, args: &Args) -> anyhow::Result<Report> {
         lags.iter().copied().fold(f64::NEG_INFINITY, f64::max),
     );
     let min = lags.iter().copied().fold(f64::INFINITY, f64::min);
+    let p99 = quantile(&lags, 0.99);
+    let direct = direct_deletes(b, m, args.in_flight(m)).await?;
     let mut r = Report::new(
         format!("expiry-m{m}"),
-        &format!("Expiry precision: {m} drafts with retention {retention}"),
+        &format!("Expiry precision: {m} drafts expiring in the same second"),
         true,
     );
     r.line(format!(
-        "{m} valid drafts with `retention: {retention}` are created at once; the operator runs \
-         with its default resync (10m), so only the requeue scheduled for `expiresAt` can \
-         delete them in time. For each draft the lag is the wall-clock time at which the \
-         benchmark's watch receives the deletion minus the draft's `status.expiresAt` (a \
-         whole-second timestamp: creation + retention). The watch adds its own small delivery \
-         delay. Goal: < 2 s.\n"
+        "{m} valid drafts are created, each with a retention chosen as it is sent so that all \
+         of them expire in the same whole second ({target}, {lead} s after the start: time to \
+         create and converge them first). The operator runs with its default resync (10m), \
+         so only the requeue scheduled for `expiresAt` can delete them in time. For each \
+         draft the lag is the wall-clock time at which the benchmark's watch receives the \
+         deletion minus the draft's `status.expiresAt` (a whole-second timestamp: creation + \
+         retention). The watch adds its own small delivery delay. Goals: every draft < 2 s, \
+         p99 ≤ 1 s.\n"
     ));
-    r.line("| drafts | p50 lag (s) | p95 lag (s) | max lag (s) | min lag (s) | goal |");
-    r.line("|---:|---:|---:|---:|---:|---|");
+    r.line(
+        "| drafts | p50 lag (s) | p95 lag (s) | p99 lag (s) | max lag (s) | min lag (s) | goal |",
+    );
+    r.line("|---:|---:|---:|---:|---:|---:|---|");
     r.line(format!(
-        "| {} | **{:.3}** | **{:.3}** | **{:.3}** | {:.3} | {} |",
+        "| {} | **{:.3}** | **{:.3}** | **{:.3}** | **{:.3}** | {:.3} | {} |",
         lags.len(),
         p50,
         p95,
+        p99,
         max,
         min,
-        if max < 2.0 {
-            "met (< 2 s)"
-        } else {
-            "MISSED (≥ 2 s)"
+        match (max < 2.0, p99 <= 1.0) {
+            (true, true) => "met (all < 2 s, p99 ≤ 1 s)",
+            (true, false) => "all < 2 s met; p99 ≤ 1 s MISSED",
+            (false, _) => "MISSED (≥ 2 s)",
         }
     ));
     if missing_expiry > 0 {
@@ -877,11 +975,28 @@ pub async fn expiry(b: &Bench, args: &Args) -> anyhow::Result<Report> {
         logged.iter().copied().fold(f64::NAN, f64::max),
         kiln_sum / kiln_count.max(1.0)
     ));
+    r.line(format!(
+        "\nBaseline in the same run: the same {m} drafts (in a namespace no Kiln watches) deleted \
+         directly, all due at the same instant, {} DELETEs in flight (Kiln: {} reconciles at \
+         once): the last deletion was seen {:.3} s after the start (p50 {:.3} s, p99 {:.3} s). \
+         That is the floor this machine and control plane set for {m} simultaneous expiries; \
+         Kiln's p99 is {:.2}× the direct p99.",
+        direct.in_flight,
+        16,
+        direct.max,
+        direct.p50,
+        direct.p99,
+        p99 / direct.p99.max(1e-9),
+    ));
     r.set("m", m);
     r.set("retention", retention);
     r.set(
+        "directDeletes",
+        json!({"inFlight": direct.in_flight, "p50": round(direct.p50, 3), "p99": round(direct.p99, 3), "max": round(direct.max, 3)}),
+    );
+    r.set(
         "lagSeconds",
-        json!({"p50": round(p50, 3), "p95": round(p95, 3), "max": round(max, 3), "min": round(min, 3),
+        json!({"p50": round(p50, 3), "p95": round(p95, 3), "p99": round(p99, 3), "max": round(max, 3), "min": round(min, 3),
                "all": lags.iter().map(|l| round(*l, 3)).collect::<Vec<_>>()}),
     );
     r.set(
@@ -895,6 +1010,7 @@ pub async fn expiry(b: &Bench, args: &Args) -> anyhow::Result<Report> {
                "deletedAndLoggedMax": round(logged.iter().copied().fold(f64::NAN, f64::max), 3)}),
     );
     r.set("goalMet", max < 2.0);
+    r.set("p99GoalMet", p99 <= 1.0);
     Ok(r)
 }
 
