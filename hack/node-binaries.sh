@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds, or finds already built, the binaries of a real node for hack/node.sh: kubelet and
-# kube-proxy (from the wrapper module hack/k8s, at the API server's release), containerd,
+# Builds, or finds already built, the binaries of a real node for hack/node.sh: kubelet,
+# kube-proxy and kube-scheduler (from the wrapper module hack/k8s, at the API server's
+# release; the scheduler is only needed once there is a node), containerd,
 # containerd-shim-runc-v2 and ctr (hack/node/containerd), runc (hack/node/runc) and the CNI
 # plugins bridge, host-local, loopback and portmap (hack/node/cni). All are built from source
 # through the Go module proxy at the versions pinned by those go.mod files, verified by their
@@ -25,7 +26,7 @@ key=$( (echo "recipe $recipe"; cat "$hack/k8s/go.mod" "$hack/k8s/go.sum" \
   "$hack"/node/{containerd,runc,cni}/go.{mod,sum}) | sha256sum | cut -c1-12)
 cache=${KILN_CACHE:-$HOME/.cache/kiln}
 out="$cache/node-${k8s_version}-containerd-${containerd_version}-runc-${runc_version}-cni-${cni_version}-${key}"
-binaries=(kubelet kube-proxy containerd containerd-shim-runc-v2 ctr runc cni/bridge cni/host-local cni/loopback cni/portmap)
+binaries=(kubelet kube-proxy kube-scheduler containerd containerd-shim-runc-v2 ctr runc cni/bridge cni/host-local cni/loopback cni/portmap)
 
 complete() {
   local b
@@ -96,6 +97,7 @@ done
 # Last: they share most packages with the API server, so a warm build cache makes them quick.
 build k8s kubelet k8s.io/kubernetes/cmd/kubelet "$k8s_ldflags"
 build k8s kube-proxy k8s.io/kubernetes/cmd/kube-proxy "$k8s_ldflags"
+build k8s kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ldflags"
 
 complete
 echo "$out"
