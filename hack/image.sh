@@ -57,8 +57,8 @@ ensure_rootfs() {
   mmdebstrap --quiet --variant=minbase --include=gcc,libc6-dev,ca-certificates,curl \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
-    bookworm "$rootfs_tar.tmp" "$sources" >&2
-  mv "$rootfs_tar.tmp" "$rootfs_tar"
+    bookworm "$cache/rootfs/partial.tar" "$sources" >&2
+  mv "$cache/rootfs/partial.tar" "$rootfs_tar"
   log "root file system in $((SECONDS - t0))s: $(du -h "$rootfs_tar" | cut -f1)"
 }
 
