@@ -82,6 +82,9 @@ build_rust_image() {
   cp -a "$sysroot/lib" "$tc/"
   ln -s "../../rustup/toolchains/$rust_version-x86_64-unknown-linux-gnu/bin/cargo" "$mnt/usr/local/cargo/bin/cargo"
   ln -s "../../rustup/toolchains/$rust_version-x86_64-unknown-linux-gnu/bin/rustc" "$mnt/usr/local/cargo/bin/rustc"
+  # This machine's trust store (it may hold a CA that its network path to the crate registry
+  # needs), as a base image built in-house would carry.
+  cp -L /etc/ssl/certs/ca-certificates.crt "$mnt/etc/ssl/certs/ca-certificates.crt"
   bah umount "$ctr" >/dev/null
   bah config --env CARGO_HOME=/usr/local/cargo --env RUSTUP_HOME=/usr/local/rustup \
     --env PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -122,8 +125,9 @@ build_runtime_image() {
   cp /etc/os-release "$root/etc/os-release"
   local ctr
   ctr=$(bah from --quiet scratch)
-  tar -C "$root" -cf - . | bah add --quiet "$ctr" - / >/dev/null
-  rm -rf "$root"
+  tar -C "$root" -cf "$root.tar" .
+  bah add --quiet "$ctr" "$root.tar" / >/dev/null
+  rm -rf "$root" "$root.tar"
   bah config --user 65532:65532 --workingdir /home/nonroot \
     --env PATH=/usr/local/bin:/usr/bin:/bin --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt "$ctr"
   bah commit --quiet --rm "$ctr" "$runtime_image" >/dev/null
