@@ -37,9 +37,9 @@ done
 bah() { buildah --root "$store/storage" --runroot "$store/run" --storage-driver vfs "$@"; }
 exists() { bah inspect --type image "$1" >/dev/null 2>&1; }
 
-# Builds are serialised: buildah's storage is shared by every caller of this script.
+# The bases are built once; concurrent callers wait for each other here (buildah's storage
+# has locks of its own for everything else).
 exec 8>"$store/.lock"
-flock 8
 
 # --- base root file system (Debian bookworm) ------------------------------------------------
 # The host's own apt sources name the mirror: nothing here names a host.
@@ -164,6 +164,7 @@ load() { # image
 }
 
 t0=$SECONDS
+flock 8
 if [ "${KILN_IMAGE_BASES:-local}" = upstream ]; then
   build_args=()
 else
@@ -172,18 +173,16 @@ else
   build_args=(--build-arg "RUST_IMAGE=$rust_image" --build-arg "RUNTIME_IMAGE=$runtime_image")
 fi
 build_client_image
+flock -u 8
 
 log "building $image from Dockerfile (buildah, chroot isolation, vfs storage)"
 bah bud --quiet --isolation chroot --layers=false "${build_args[@]}" \
   -f "$repo/Dockerfile" -t "$image" "$repo" >&2
 log "built in $((SECONDS - t0))s"
 
-size=$(bah inspect --type image --format '{{.Size}}' "$image" 2>/dev/null || true)
-if [ -z "$size" ] || [ "$size" = "<no value>" ] || [ "$size" = 0 ]; then
-  size=$(bah images --noheading --format '{{.Size}}' "$image" | head -n1)
-else
-  size="$size bytes ($(numfmt --to=si --suffix=B "$size"))"
-fi
+# buildah reports the uncompressed size of the image's layers in SI units ("30.5 MB").
+size=$(bah images --noheading --format '{{.Size}}' "$image" | head -n1)
+size="$size ($(numfmt --from=si "$(tr -d ' B' <<<"$size")") bytes)"
 log "size of $image: $size"
 
 load "$client_image"

@@ -162,7 +162,7 @@ net_down() {
 # --- images -----------------------------------------------------------------------------------
 # No registry is reachable, so the sandbox ("pause") image is made here: busybox from Debian's
 # busybox-static, sleeping. containerd pins it, so the kubelet's image GC never removes it.
-pause_image=localhost/kiln-pause:busybox
+pause_image=localhost/kiln-pause:busybox-1
 bah() { buildah --root "$cache/buildah/storage" --runroot "$cache/buildah/run" --storage-driver vfs "$@"; }
 import_pause_image() {
   local busybox archive c
@@ -179,8 +179,9 @@ import_pause_image() {
     flock 8
     if ! bah inspect --type image "$pause_image" >/dev/null 2>&1; then
       c=$(bah from --quiet scratch)
-      bah copy --quiet "$c" "$busybox" /pause >/dev/null
-      bah config --entrypoint '["/pause","sleep","2147483647"]' --user 65535:65535 "$c"
+      # busybox picks the applet by its own name, so it keeps the name busybox.
+      bah copy --quiet "$c" "$busybox" /busybox >/dev/null
+      bah config --entrypoint '["/busybox","sleep","2147483647"]' --user 65535:65535 "$c"
       bah commit --quiet --rm "$c" "$pause_image" >/dev/null
     fi
     rm -f "$archive"
