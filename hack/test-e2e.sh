@@ -120,7 +120,8 @@ image_time=$((SECONDS - t))
 [[ $image == *:* ]] || die "hack/image.sh prints repository:tag last" "it printed: $image"
 pass "hack/image.sh built and loaded $image in ${image_time}s"
 bah() { buildah --root "${KILN_CACHE:-$HOME/.cache/kiln}/buildah/storage" --runroot "${KILN_CACHE:-$HOME/.cache/kiln}/buildah/run" --storage-driver vfs "$@"; }
-image_bytes=$(bah inspect --type image --format '{{.Size}}' "$image" 2>/dev/null || echo 0)
+image_size=$(bah images --noheading --format '{{.Size}}' "$image" | head -n1)
+image_bytes=$(numfmt --from=si "$(tr -d ' B' <<<"$image_size")" 2>/dev/null || echo 0)
 if [ "$image_bytes" -gt 0 ] && [ "$image_bytes" -le 40000000 ]; then
   pass "image size $image_bytes bytes <= 40 MB"
 else
