@@ -140,7 +140,7 @@ tag=${image##*:}
 # A small workspace (64Mi emptyDir; Kiln's budget is 90% of it) so that the limit test fills
 # it quickly; a short rollout debounce so that the follow test need not wait 30s.
 helm_values=(--set "image.repository=$repo" --set "image.tag=$tag" --set image.pullPolicy=Never
-  --set workspace.sizeLimit=64Mi --set rolloutDebounce=5s --set logFormat=text)
+  --set workspace.sizeLimit=64Mi --set limits.maxJobBytes=40Mi --set rolloutDebounce=5s --set logFormat=text)
 t=$SECONDS
 check "helm install kiln (image $image, imagePullPolicy Never)" \
   helm install kiln charts/kiln -n "$ns" --create-namespace "${helm_values[@]}"
@@ -378,32 +378,34 @@ sleep 12 # two debounce windows: no second rollout follows
 
 # --- the workspace limit: Kiln answers 413 before the kubelet would evict ----------------------
 step "workspace limit (413) before the emptyDir sizeLimit eviction"
-k apply -n team-a -f - >/dev/null <<'EOF'
-apiVersion: kiln.dev/v1alpha1
-kind: Job
-metadata: {name: filler}
-spec: {projectName: filler}
-EOF
-eventually 60 bash -c "[ -n \"\$(kubectl -n team-a get job.kiln.dev filler -o jsonpath='{.status.phase}')\" ]" >/dev/null || true
+# Two 10 MiB parts per job (each job stays under its 40Mi limit), until the workspace budget
+# (90% of 64Mi) is reached: the sixth part must be refused, whichever job it is for.
+for j in 1 2 3 4; do
+  printf 'apiVersion: kiln.dev/v1alpha1\nkind: Job\nmetadata: {name: filler-%s}\nspec: {projectName: filler-%s}\n' "$j" "$j"
+  echo ---
+done | k apply -n team-a -f - >/dev/null
+eventually 60 bash -c "[ -n \"\$(kubectl -n team-a get job.kiln.dev filler-4 -o jsonpath='{.status.phase}')\" ]" >/dev/null || true
 k -n clients exec client -- sh -c 'head -c 10485760 /dev/urandom > /tmp/10m'
 codes=()
-for i in 1 2 3 4 5 6 7; do
-  out=$(apit PUT "/api/v1/namespaces/team-a/jobs/filler/files/part-$i.bin" --data-binary @/tmp/10m || true)
+last413=
+for i in 1 2 3 4 5 6 7 8; do
+  out=$(apit PUT "/api/v1/namespaces/team-a/jobs/filler-$(((i + 1) / 2))/files/part-$i.bin" --data-binary @/tmp/10m || true)
   codes+=("$(code_of "$out")")
-  [ "$(code_of "$out")" = 413 ] && { last413=$out; break; }
+  if [ "$(code_of "$out")" = 413 ]; then last413=$out; break; fi
 done
 echo "e2e: PUT 10 MiB parts: ${codes[*]}" >&2
-if [ "${codes[-1]}" = 413 ] && [ ${#codes[@]} -ge 5 ]; then
-  pass "Kiln accepts parts while the budget holds and refuses the one over it with 413 (${codes[*]})"
-  [[ $last413 == *payload_too_large* ]] && pass "the 413 body is {\"error\":{\"code\":\"payload_too_large\"}}" || fail "413 body names payload_too_large" "$last413"
+if [ "${codes[-1]}" = 413 ] && [ "${codes[*]}" = "201 201 201 201 201 413" ]; then
+  pass "Kiln stores parts while its workspace budget holds and refuses the sixth with 413 (${codes[*]})"
+  [[ $last413 == *payload_too_large* ]] && pass "the 413 body is {\"error\":{\"code\":\"payload_too_large\"}}: $(head -n 1 <<<"$last413" | head -c 300)" ||
+    fail "413 body names payload_too_large" "$last413"
 else
-  fail "a write over the workspace budget gets 413" "codes: ${codes[*]}"
+  fail "writes over the workspace budget get 413 (expected 201 x5 then 413)" "codes: ${codes[*]}; last: $(head -c 400 <<<"$out")"
 fi
 uid_before=$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid}')
 sleep 25 # the kubelet's eviction manager checks emptyDir usage every 10s
 check "the kubelet did not evict the operator (same pod, Running and Ready)" \
   bash -c "[ \"\$(kubectl -n $ns get pod $pod -o jsonpath='{.metadata.uid} {.status.phase}')\" = '$uid_before Running' ]"
-out=$(apit DELETE /api/v1/namespaces/team-a/jobs/filler/files/part-1.bin || true)
+out=$(apit DELETE /api/v1/namespaces/team-a/jobs/filler-1/files/part-1.bin || true)
 [[ $(code_of "$out") == 20? ]] && pass "deleting a part frees budget ($(code_of "$out"))" || fail "delete a part" "$out"
 
 # --- a new pod: declared files rebuilt, uploaded ones reported lost ----------------------------
