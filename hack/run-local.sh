@@ -70,7 +70,7 @@ Kiln runs as a pod (image $image) on node kiln-node.
   logs:      $dir/logs (control plane, containerd, kubelet, kube-proxy)
 Press Ctrl-C to stop the node and the control plane.
 MSG
-  while sleep 3600; do :; done
+  while :; do sleep 3600 & wait $!; done # wait: a signal interrupts it, sleep would not
 fi
 
 echo "--- installing the CRDs and the examples" >&2

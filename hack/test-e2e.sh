@@ -394,7 +394,9 @@ k -n clients exec client -- sh -c 'head -c 10485760 /dev/urandom > /tmp/10m'
 codes=()
 last413=
 for i in 1 2 3 4 5 6 7 8; do
-  out=$(apit PUT "/api/v1/namespaces/team-a/jobs/filler-$(((i + 1) / 2))/files/part-$i.bin" --data-binary @/tmp/10m || true)
+  # HTTP/1.1: over HTTP/2 a refusal sent before the body is read reaches curl 7.88 as a
+  # stream reset, not as the 413 (docs/testing.md).
+  out=$(apit PUT "/api/v1/namespaces/team-a/jobs/filler-$(((i + 1) / 2))/files/part-$i.bin" --http1.1 --data-binary @/tmp/10m || true)
   codes+=("$(code_of "$out")")
   if [ "$(code_of "$out")" = 413 ]; then last413=$out; break; fi
 done
