@@ -439,6 +439,29 @@ out=$(apit GET /api/v1/namespaces/team-a/jobs/hello-world/files/src/main.py || t
 check "job hello-world is Ready again (Complete, archive rebuilt)" \
   k -n team-a wait --for=condition=Ready --timeout=90s job.kiln.dev/hello-world
 
+# --- the sizeLimit is real: past it, the kubelet evicts -----------------------------------------
+step "the emptyDir sizeLimit: written past it behind Kiln's back, the kubelet evicts the pod"
+uid=$(k -n "$ns" get pod "$pod" -o jsonpath='{.metadata.uid}')
+ws=$dir/node/kubelet/pods/$uid/volumes/kubernetes.io~empty-dir/workspace
+if [ -d "$ws" ]; then
+  # 70 MiB into the 64Mi emptyDir from the node, where Kiln cannot refuse it.
+  dd if=/dev/zero of="$ws/e2e-overflow" bs=1M count=70 status=none
+  evicted() { [ "$(k -n "$ns" get pod "$pod" -o jsonpath='{.status.reason}')" = Evicted ]; }
+  t=$SECONDS
+  if eventually 120 evicted >/dev/null; then
+    pass "the kubelet evicted the pod $((SECONDS - t))s after its workspace passed the 64Mi sizeLimit: $(k -n "$ns" get pod "$pod" -o jsonpath='{.status.message}')"
+  else
+    fail "the kubelet evicts a pod whose emptyDir passes its sizeLimit" "$(k -n "$ns" get pod "$pod" -o jsonpath='{.status}')"
+  fi
+  if pod=$(eventually 180 wait_kiln_ready "$uid"); then
+    pass "the Deployment replaced the evicted pod: $pod is Ready"
+  else
+    die "a new operator pod replaces the evicted one" "$(k -n "$ns" get pods -o wide 2>&1)"
+  fi
+else
+  fail "found the workspace emptyDir of $pod on the node" "no directory $ws"
+fi
+
 # --- helm upgrade and uninstall keep the CRDs and users' objects -------------------------------
 step "helm upgrade and helm uninstall"
 objects() {
