@@ -297,6 +297,11 @@ etcd_ready() { # client-port
 kubectl() { "$bin/kubectl" --kubeconfig "$dir/kubeconfig" --request-timeout=5s "$@"; }
 
 # --- start ---------------------------------------------------------------------------------
+# The API server stays on loopback. For a node (hack/node.sh) it reaches kubelets by their
+# InternalIP (there is no DNS for node names) with the admin's client certificate (kubectl
+# logs/exec); hack/node.sh relays pods' connections to it and names that relay in the
+# `kubernetes` Service's EndpointSlice (the endpoint reconciler is off: with no node there is
+# no address a pod could use). Without a node these flags change nothing.
 start() {
   local t0=$SECONDS attempt rc pki=$dir/pki
   bin=${KILN_K8S_BIN:-}
@@ -372,7 +377,10 @@ start() {
       --api-audiences=https://kubernetes.default.svc.cluster.local \
       --service-account-key-file="$pki/sa.pub" \
       --service-account-signing-key-file="$pki/sa.key" \
-      --endpoint-reconciler-type=none
+      --endpoint-reconciler-type=none \
+      --kubelet-preferred-address-types=InternalIP \
+      --kubelet-client-certificate="$pki/admin.crt" \
+      --kubelet-client-key="$pki/admin.key"
     rc=0
     wait_for "$launched" http_ok "https://127.0.0.1:$apiserver/readyz" "$pki/ca.crt" "$pki/admin.crt" "$pki/admin.key" || rc=$?
     [ $rc -eq 0 ] && break

@@ -2,7 +2,7 @@
 # Runs Kiln's whole test suite, installing what it needs on a fresh Debian machine:
 # formatting, clippy, unit tests, integration tests against a real control plane (built
 # from source by hack/k8s-binaries.sh and cached outside the repo), the Argo CD health
-# checks, and the Helm chart checks.
+# checks, the Helm chart checks, and the end-to-end suite on a real node (hack/test-e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -48,5 +48,10 @@ if [ -x hack/test-chart.sh ]; then
   step "Helm chart"
   hack/test-chart.sh
 fi
+
+# Kiln as a pod on a real node (kubelet, containerd, runc, CNI, kube-proxy), its image built
+# from the Dockerfile and installed with the chart. Needs root; fails, never skips.
+step "end-to-end on a real node"
+hack/test-e2e.sh
 
 step "all tests passed"
