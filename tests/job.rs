@@ -322,8 +322,11 @@ async fn a_lost_workspace_rebuilds_declared_files_and_reports_lost_uploads() {
     .await;
 
     // The pod is replaced: the emptyDir is gone, the operator starts again.
-    std::fs::remove_dir_all(w.op.workspace.join("jobs")).expect("wipe workspace");
-    w.op.restart("info,kiln=debug").await;
+    let jobs = w.op.workspace.join("jobs");
+    w.op.restart_after("info,kiln=debug", || {
+        std::fs::remove_dir_all(&jobs).expect("wipe workspace")
+    })
+    .await;
     let j = w
         .wait("l", "WorkspaceLost", |j| {
             reason(j, "Ready").as_deref() == Some("WorkspaceLost")

@@ -395,12 +395,19 @@ impl Operator {
 
     /// Stops the operator and starts it again with the same settings and workspace.
     pub async fn restart(&mut self, log_level: &str) {
+        self.restart_after(log_level, || {}).await;
+    }
+
+    /// Stops the operator, runs `meanwhile` (say, wiping its workspace as a pod replacement
+    /// would: nothing writes to it then), and starts it again.
+    pub async fn restart_after(&mut self, log_level: &str, meanwhile: impl FnOnce()) {
         let status = self.terminate();
         assert!(
             status.success(),
             "kiln exited with {status} on SIGTERM:\n{}",
             self.logs()
         );
+        meanwhile();
         self.spawn(log_level);
         self.wait_ready().await;
     }
