@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs Kiln's whole test suite, installing what it needs on a fresh Debian machine:
 # formatting, clippy, unit tests, integration tests against a real control plane (built
-# from source by hack/k8s-binaries.sh and cached outside the repo), the Argo CD health
-# checks, the Helm chart checks, and the end-to-end suite on a real node (hack/test-e2e.sh).
+# from source by hack/k8s-binaries.sh and cached outside the repo; the object-store tests also
+# against a real S3 server built by hack/object-store.sh), the Argo CD health checks, the Helm
+# chart checks, and the end-to-end suite on a real node (hack/test-e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -16,6 +17,7 @@ command -v unzip >/dev/null || missing+=(unzip)
 command -v zip >/dev/null || missing+=(zip)
 command -v python3 >/dev/null || missing+=(python3)
 command -v flock >/dev/null || missing+=(util-linux)
+command -v curl >/dev/null || missing+=(curl)
 command -v go >/dev/null || missing+=(golang-go)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
@@ -29,6 +31,10 @@ step "Kubernetes binaries"
 KILN_K8S_BIN=$(hack/k8s-binaries.sh)
 export KILN_K8S_BIN
 echo "using $KILN_K8S_BIN" >&2
+
+step "S3-compatible object store (MinIO, for tests/object_store.rs)"
+# Built once and cached like the Kubernetes binaries; each test starts its own server.
+hack/object-store.sh build >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
