@@ -720,6 +720,51 @@ must_fail "a workspace budget above the emptyDir sizeLimit is refused" "must not
   render "$work/x.yaml" kiln kiln-system --set limits.maxWorkspaceBytes=3Gi
 must_fail "more than one replica without leader election is refused" "needs leaderElection.enabled" \
   render "$work/x.yaml" kiln kiln-system --set replicas=2 --set leaderElection.enabled=false
+must_fail "schema rejects an object store URL that is not s3://" "$schema_error" \
+  render "$work/x.yaml" kiln kiln-system --set objectStore.url=https://bucket
+must_fail "a workspace claim with more than one replica is refused" "needs replicas: 1" \
+  render "$work/x.yaml" kiln kiln-system --set workspace.persistence.enabled=true --set replicas=2
+
+# The object store's settings reach the container as the variables Kiln reads, the keys only
+# through secretKeyRef; a PVC workspace mounts the claim the chart creates (kept on uninstall).
+object_store_render() {
+  render "$work/s3.yaml" kiln kiln-system --set objectStore.url=s3://kiln-files/prod \
+    --set objectStore.endpoint=http://minio.storage:9000 --set objectStore.allowHttp=true \
+    --set objectStore.credentials.secretName=kiln-s3 >/dev/null || return 1
+  to_json "$work/s3.yaml" "$work/s3.json" || return 1
+  python3 - "$work/s3.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+docs = d["items"] if d.get("kind") == "List" else [d]
+dep = next(d for d in docs if d["kind"] == "Deployment")
+env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+assert env["KILN_OBJECT_STORE"]["value"] == "s3://kiln-files/prod", env
+assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.storage:9000", env
+assert env["AWS_ALLOW_HTTP"]["value"] == "true", env
+for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    ref = env[name]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "kiln-s3" and ref["key"] == name, env[name]
+PY
+}
+check "objectStore values become KILN_OBJECT_STORE and AWS_* (keys from the Secret)" object_store_render
+pvc_render() {
+  render "$work/pvc.yaml" kiln kiln-system --set workspace.persistence.enabled=true \
+    --set workspace.persistence.size=20Gi >/dev/null || return 1
+  to_json "$work/pvc.yaml" "$work/pvc.json" || return 1
+  python3 - "$work/pvc.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+docs = d["items"] if d.get("kind") == "List" else [d]
+pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+assert pvc["spec"]["resources"]["requests"]["storage"] == "20Gi", pvc
+assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", pvc
+dep = next(d for d in docs if d["kind"] == "Deployment")
+assert dep["spec"]["strategy"]["type"] == "Recreate", dep["spec"]["strategy"]
+vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "workspace")
+assert vol["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"], vol
+PY
+}
+check "workspace.persistence mounts a kept PVC with strategy Recreate" pvc_render
 
 # --- 5. a real control plane ------------------------------------------------------------------
 section "control plane"

@@ -144,6 +144,13 @@ pub struct RunArgs {
     /// need `get` on the Secret).
     #[arg(long, env = "KILN_SECRET_SOURCES_REQUIRE_OPT_IN", default_value_t = true, action = clap::ArgAction::Set)]
     pub secret_sources_require_opt_in: bool,
+
+    /// An S3-compatible object store behind the job workspace, as `s3://bucket/prefix`:
+    /// uploads and archives are stored there before they are acknowledged, and a workspace
+    /// lost with the pod is restored from it. Endpoint, region and credentials come from the
+    /// usual `AWS_*` variables. Without it, files live only in the workspace directory.
+    #[arg(long, env = "KILN_OBJECT_STORE", value_name = "URL")]
+    pub object_store: Option<String>,
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod expiry;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod objstore;
 pub mod rollback;
 pub mod run;
 pub mod telemetry;

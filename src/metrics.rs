@@ -55,6 +55,12 @@ struct PhaseSource {
     read: PhaseFn,
 }
 
+/// Labels of an operation's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 /// Every metric Kiln exports. One instance per process, shared by `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -79,6 +85,10 @@ pub struct Metrics {
     /// Archive builds: duration and bytes written.
     pub archive_duration: Histogram,
     pub archive_bytes: Counter,
+    /// Objects of Jobs that no longer exist, deleted from the object store by the sweep.
+    pub object_store_swept: Counter,
+    /// Sweeps of the object store, by result (`ok`, `error`).
+    pub object_store_sweeps: Family<ResultLabels, Counter>,
     /// Requests to the HTTP listener by route, method and status, and their latency.
     pub http: HttpMetrics,
     /// Serialises text encoding; the registry itself is immutable after construction.
@@ -172,6 +182,18 @@ impl Metrics {
             "Bytes of archives built",
             archive_bytes.clone(),
         );
+        let object_store_swept = Counter::default();
+        registry.register(
+            "object_store_swept_objects",
+            "Objects of Jobs that no longer exist, deleted from the object store by the sweep",
+            object_store_swept.clone(),
+        );
+        let object_store_sweeps = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "object_store_sweeps",
+            "Sweeps of the object store for objects of Jobs that no longer exist, by result",
+            object_store_sweeps.clone(),
+        );
         let http = HttpMetrics::register(&mut registry);
         let workspace_gauges = Family::<WorkspaceLabels, Gauge>::default();
         registry.register(
@@ -183,6 +205,8 @@ impl Metrics {
             http,
             archive_duration,
             archive_bytes,
+            object_store_swept,
+            object_store_sweeps,
             registry,
             reconciles,
             reconcile_errors,

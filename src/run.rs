@@ -47,10 +47,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_files_per_job: args.max_files_per_job,
         max_workspace_bytes: args.max_workspace_bytes,
     };
-    let workspace = Arc::new(
-        crate::workspace::Workspace::open(&args.workspace_dir, limits)
-            .with_context(|| format!("opening the workspace {}", args.workspace_dir.display()))?,
-    );
+    let mut workspace = crate::workspace::Workspace::open(&args.workspace_dir, limits)
+        .with_context(|| format!("opening the workspace {}", args.workspace_dir.display()))?;
+    let remote = match &args.object_store {
+        Some(url) => {
+            let remote = Arc::new(crate::objstore::Remote::from_env(url)?);
+            info!(store = %remote.url(), "job files are stored in the object store");
+            workspace = workspace.with_remote(remote.clone());
+            Some(remote)
+        }
+        None => None,
+    };
+    let workspace = Arc::new(workspace);
     let job_nudge = crate::controller::nudge::Nudge::default();
     let metrics = Arc::new(Metrics::new());
     metrics.watch_workspace(workspace.clone());
@@ -115,6 +123,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     health.set_leader(true);
 
+    // Only the leader sweeps: it alone deletes, like it alone reconciles.
+    if let Some(remote) = remote {
+        tokio::spawn(crate::objstore::sweep::run(
+            remote,
+            client.clone(),
+            args.namespaces.clone(),
+            settings.resync,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let ctx = Arc::new(Context::new(
         client,
         metrics,

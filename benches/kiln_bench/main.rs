@@ -20,6 +20,7 @@ mod support;
 mod archive;
 mod cluster;
 mod drafts;
+mod object_store;
 mod report;
 mod upload;
 
@@ -45,6 +46,9 @@ pub enum Scenario {
     /// Uploads through the Job file API vs `std::fs::write` and durable writes of the same
     /// files.
     Upload,
+    /// Uploads through Kiln with an object store vs direct PUTs to the same S3 server; restore
+    /// of a 100 MiB job after a pod replacement.
+    ObjectStore,
 }
 
 /// Kiln's benchmarks. Results go to `benches/results/`.
@@ -180,6 +184,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Memory,
             Scenario::Archive,
             Scenario::Upload,
+            Scenario::ObjectStore,
         ]
     } else {
         args.scenarios.clone()
@@ -241,6 +246,7 @@ async fn run(args: &Args, scenarios: &[Scenario]) -> anyhow::Result<()> {
             (Scenario::Expiry, Some(b)) => drafts::expiry(b, args).await?,
             (Scenario::Memory, Some(b)) => drafts::memory(b, args).await?,
             (Scenario::Upload, Some(b)) => upload::run(b, args).await?,
+            (Scenario::ObjectStore, Some(b)) => object_store::run(b, args).await?,
         };
         // The converged world's operator is only kept for the economy scenario.
         if *scenario != Scenario::Convergence

@@ -120,7 +120,7 @@ where
 
 /// A service account with a Role on `jobs/files` (every verb), as a real uploader would
 /// have, and a token for it.
-async fn account(b: &Bench, ns: &str, name: &str) -> anyhow::Result<String> {
+pub(crate) async fn account(b: &Bench, ns: &str, name: &str) -> anyhow::Result<String> {
     kubectl(b, &["create", "serviceaccount", name, "-n", ns], None)?;
     let role = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",

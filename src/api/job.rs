@@ -204,6 +204,9 @@ pub struct ArchiveStatus {
     pub sha256: String,
     /// Path of the download on Kiln's HTTP API.
     pub download_path: String,
+    /// Where the object store holds the archive (`s3://bucket/key`), when Kiln runs with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// A file whose bytes come from Secrets.

@@ -2,7 +2,8 @@
 //!
 //! The codes are an API (DESIGN.md §1.2): `validation_error` (400), `unauthorized` (401),
 //! `forbidden` (403), `not_found` (404), `conflict` (409), `payload_too_large` (413),
-//! `internal_error` (500). Internal errors are logged with their detail and answered with a
+//! `unavailable` (503: the object store behind the workspace did not answer; nothing was
+//! stored; retry), `internal_error` (500). Internal errors are logged with their detail and answered with a
 //! generic message, because their detail names paths and objects on the server.
 
 use axum::Json;
@@ -99,6 +100,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // The object store's retries already took a few seconds; a client may try again.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -200,11 +200,20 @@ impl FileApi {
         workspace::JobKey,
         impl Fn(workspace::Error) -> ApiError + Send + 'static,
     ) {
-        (
-            self.workspace.clone(),
-            target.key.clone(),
-            workspace_error(target),
-        )
+        let (nudge, ns, name) = (
+            self.nudge.clone(),
+            target.namespace.clone(),
+            target.name.clone(),
+        );
+        let map = workspace_error(target);
+        let on_err = move |e: workspace::Error| {
+            // The Job reports an unreachable object store in a condition: look now.
+            if e.kind() == workspace::ErrorKind::Unavailable {
+                nudge.nudge(&ns, &name);
+            }
+            map(e)
+        };
+        (self.workspace.clone(), target.key.clone(), on_err)
     }
 
     /// The Job controller counts files and bytes in the Job's status: tell it to look (now,
@@ -646,10 +655,12 @@ pub async fn delete_batch_file(
     delete(state, batch_file(p), headers).await
 }
 
-/// `GET .../download`: the Job's ZIP, streamed, with `ETag` = its sha256.
+/// `GET .../download`: the Job's ZIP, streamed, with `ETag` = its sha256; with
+/// `?redirect=true` and an object store, a 307 to a presigned URL of the stored archive.
 pub async fn download(
     State(state): State<AppState>,
     p: PathParams,
+    Query(query): Query<super::redirect::DownloadQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let api = &state.files;
@@ -675,6 +686,11 @@ pub async fn download(
         .map_err(|e| ApiError::internal("the Job's archive sha256 is not a valid ETag", &e))?;
     if etag_matches(&headers, &archive.sha256) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    if query.wants_redirect()
+        && let Some(found) = super::redirect::to_stored_archive(&api.workspace, &target.key).await?
+    {
+        return Ok(found);
     }
     let (ws, key) = (api.workspace.clone(), target.key.clone());
     let open = blocking(move || {

@@ -5,6 +5,7 @@ pub mod error;
 pub mod files;
 pub mod health;
 pub mod jobs;
+pub mod redirect;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

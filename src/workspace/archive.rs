@@ -59,6 +59,8 @@ pub struct ArchiveInfo {
     pub size_bytes: u64,
     /// sha256 of the whole ZIP file, lowercase hex.
     pub sha256: String,
+    /// Where the object store holds it (`s3://bucket/key`), when there is one.
+    pub location: Option<String>,
 }
 
 /// An archive opened for download.
@@ -103,6 +105,8 @@ impl Workspace {
             .map_err(io_err("inspect", &temp.path))?
             .len();
         let sha256 = sha256_of(&mut temp.file).map_err(io_err("hash", &temp.path))?;
+        // Stored before it is renamed into place: an archive on disk is always in the store.
+        let location = self.store_archive(job, &mut temp.file, size_bytes)?;
 
         let target = job_dir.join(ARCHIVE_FILE);
         {
@@ -122,6 +126,7 @@ impl Workspace {
             path: target,
             size_bytes,
             sha256,
+            location,
         })
     }
 
@@ -152,6 +157,7 @@ impl Workspace {
     /// Deletes the job's archive, if any (when its files changed after the build). Returns
     /// whether there was one.
     pub fn remove_archive(&self, job: &JobKey) -> Result<bool> {
+        self.remove_stored_archive(job)?;
         let mut st = self.lock();
         let job_dir = match walk(self.root(), &job_components(job)[..3], None) {
             Ok(dir) => dir,

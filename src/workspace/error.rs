@@ -19,31 +19,35 @@ pub enum ErrorKind {
     Conflict,
     /// A limit would be exceeded; nothing was stored.
     PayloadTooLarge,
+    /// The object store behind the workspace did not answer; nothing was changed. Retry.
+    Unavailable,
     /// The filesystem or the ZIP writer failed: not the caller's fault. The message may name
     /// paths on the server: log it, and show callers something generic.
     Internal,
 }
 
 impl ErrorKind {
-    /// The stable code: `validation_error`, `not_found`, `conflict`, `payload_too_large` or
-    /// `internal_error`.
+    /// The stable code: `validation_error`, `not_found`, `conflict`, `payload_too_large`,
+    /// `unavailable` or `internal_error`.
     pub fn code(self) -> &'static str {
         match self {
             ErrorKind::Validation => "validation_error",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Conflict => "conflict",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal_error",
         }
     }
 
-    /// The HTTP status that goes with the kind: 400, 404, 409, 413 or 500.
+    /// The HTTP status that goes with the kind: 400, 404, 409, 413, 503 or 500.
     pub fn http_status(self) -> u16 {
         match self {
             ErrorKind::Validation => 400,
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -138,6 +142,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The object store behind the workspace failed (unreachable, refusing, timing out).
+    /// Nothing was changed: not on disk, not in the store.
+    #[error("{source}; nothing was changed, retry later")]
+    ObjectStore {
+        job: JobKey,
+        #[source]
+        source: crate::objstore::StoreError,
+    },
     /// The ZIP writer failed.
     #[error("building the archive of job {job}: {source}")]
     Archive {
@@ -167,6 +179,7 @@ impl Error {
             | Error::JobTooLarge { .. }
             | Error::TooManyFiles { .. }
             | Error::WorkspaceFull { .. } => ErrorKind::PayloadTooLarge,
+            Error::ObjectStore { .. } => ErrorKind::Unavailable,
             Error::Io { .. } | Error::Archive { .. } => ErrorKind::Internal,
         }
     }
@@ -198,6 +211,7 @@ impl Error {
             Error::Source { .. } => "source_read_failed",
             Error::Io { .. } => "io",
             Error::Archive { .. } => "archive",
+            Error::ObjectStore { .. } => "object_store_unavailable",
         }
     }
 

@@ -37,6 +37,13 @@
 //!   budget plus the archives (about twice `max_workspace_bytes`).
 //! - Archives are deterministic ([`archive`]): same files, same sha256.
 //!
+//! # Object store
+//!
+//! Optionally ([`Workspace::with_remote`]), an S3-compatible object store sits behind the
+//! workspace and the `emptyDir` becomes its cache: uploads and archives are written through,
+//! deletes go to both, and a job directory lost with the pod is restored from the store. See
+//! [`crate::objstore`] and the `remote` module for the order of operations.
+//!
 //! # Blocking I/O
 //!
 //! Everything here is synchronous `std::fs` code. From async code (the controller, the axum
@@ -49,7 +56,7 @@
 //!
 //! One [`Error`] enum for the module; [`Error::kind`] classifies it for HTTP
 //! ([`ErrorKind::code`]: `validation_error`, `not_found`, `conflict`, `payload_too_large`,
-//! `internal_error`; [`ErrorKind::http_status`]), [`Error::reason`] names the variant.
+//! `unavailable`, `internal_error`; [`ErrorKind::http_status`]), [`Error::reason`] names the variant.
 
 pub mod archive;
 pub mod error;
@@ -58,6 +65,7 @@ pub mod key;
 pub mod limits;
 pub mod path;
 pub mod sensitive;
+mod remote;
 pub mod store;
 
 pub use archive::{ArchiveInfo, OpenArchive};

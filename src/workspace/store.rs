@@ -29,11 +29,11 @@ use super::limits::Limits;
 use super::path::JobPath;
 
 /// Directory under the root holding one directory per namespace, then one per job uid.
-const JOBS_DIR: &str = "jobs";
+pub(super) const JOBS_DIR: &str = "jobs";
 /// Directory under the root where removed jobs wait to be deleted (see [`Workspace::remove_job`]).
-const TRASH_DIR: &str = "trash";
+pub(super) const TRASH_DIR: &str = "trash";
 /// Directory inside a job's directory holding the job's files.
-const FILES_DIR: &str = "files";
+pub(super) const FILES_DIR: &str = "files";
 /// Name of a job's archive, next to its `files` directory.
 pub(crate) const ARCHIVE_FILE: &str = "archive.zip";
 
@@ -127,7 +127,7 @@ pub(crate) struct JobState {
 }
 
 impl State {
-    fn register(&mut self, job: &JobKey, usage: JobUsage) {
+    pub(super) fn register(&mut self, job: &JobKey, usage: JobUsage) {
         self.forget(job);
         self.next_generation += 1;
         self.files += usage.files;
@@ -245,6 +245,10 @@ pub struct Workspace {
     root: PathBuf,
     limits: Limits,
     pub(crate) state: Mutex<State>,
+    /// The object store behind the workspace, when configured (see [`super::remote`]).
+    pub(crate) remote: Option<std::sync::Arc<crate::objstore::Remote>>,
+    /// Serialise the store-then-disk steps of writes and deletes of one path.
+    pub(crate) path_locks: super::remote::PathLocks,
 }
 
 impl Workspace {
@@ -259,6 +263,8 @@ impl Workspace {
             root,
             limits,
             state: Mutex::new(State::default()),
+            remote: None,
+            path_locks: Default::default(),
         };
         for dir in [JOBS_DIR, TRASH_DIR] {
             walk(&ws.root, &[dir], Some(0)).map_err(|s| ws.layout_error(s))?;
@@ -299,7 +305,13 @@ impl Workspace {
     ///
     /// Writes need the job's directory: they fail with [`Error::JobNotFound`] until this was
     /// called, so that a lost workspace is noticed rather than silently re-created by an upload.
+    ///
+    /// With an object store, a missing directory is first restored from the store; a job
+    /// restored that way was not lost, and this returns `false`.
     pub fn ensure_job(&self, job: &JobKey) -> Result<bool> {
+        if self.remote.is_some() && self.restore_if_missing(job)? {
+            return Ok(false);
+        }
         let mut st = self.lock();
         let components = job_components(job);
         match walk(&self.root, &components, None) {
@@ -338,7 +350,11 @@ impl Workspace {
     /// deleted without holding the lock, so a large job does not stall other jobs' writes.
     /// Writes to the job still in flight fail with [`Error::JobRemoved`]. Deletion never
     /// follows symlinks.
+    ///
+    /// With an object store, the job's objects are deleted first: if that fails, nothing is
+    /// removed and the caller retries.
     pub fn remove_job(&self, job: &JobKey) -> Result<bool> {
+        self.remove_stored_job(job)?;
         let trashed;
         let mut removed;
         {
@@ -404,12 +420,38 @@ impl Workspace {
     /// [`Workspace::ensure_job`] first), [`Error::NotAFile`] / [`Error::ParentIsAFile`] when a
     /// directory and a file would share a name, [`Error::Symlink`], [`Error::Source`] when
     /// `reader` fails.
+    ///
+    /// With an object store, the file is stored there (from the temporary file) before the
+    /// rename: the write succeeds only once the bytes are in the store, and a failed upload
+    /// leaves nothing behind on disk ([`Error::ObjectStore`]).
     pub fn write_from_reader<R: Read>(
+        &self,
+        job: &JobKey,
+        path: &JobPath,
+        reader: R,
+        size_hint: Option<u64>,
+    ) -> Result<WriteOutcome> {
+        self.write_impl(job, path, reader, size_hint, true)
+    }
+
+    /// Writes a declared file (or `plan.json`): like [`Workspace::write`], but never to the
+    /// object store. Declared files are desired state, rebuilt from the Job after a restore.
+    pub fn write_declared(
+        &self,
+        job: &JobKey,
+        path: &JobPath,
+        data: &[u8],
+    ) -> Result<WriteOutcome> {
+        self.write_impl(job, path, data, Some(data.len() as u64), false)
+    }
+
+    fn write_impl<R: Read>(
         &self,
         job: &JobKey,
         path: &JobPath,
         mut reader: R,
         size_hint: Option<u64>,
+        store: bool,
     ) -> Result<WriteOutcome> {
         if let Some(size) = size_hint
             && size > self.limits.max_file_bytes
@@ -421,7 +463,7 @@ impl Workspace {
             });
         }
         let (mut res, mut temp, dir) = self.prepare_write(job, path, size_hint)?;
-        let result = self.stream_and_commit(&mut res, &mut temp, &dir, path, &mut reader);
+        let result = self.stream_and_commit(&mut res, &mut temp, &dir, path, &mut reader, store);
         match result {
             Ok(outcome) => {
                 drop(temp);
@@ -490,7 +532,10 @@ impl Workspace {
     }
 
     /// Deletes a file, and the directories that it leaves empty.
+    ///
+    /// With an object store, the stored copy is deleted first; if that fails, nothing changes.
     pub fn delete(&self, job: &JobKey, path: &JobPath) -> Result<()> {
+        let _path_lock = self.delete_stored(job, path)?;
         let synced_dir;
         {
             let mut st = self.lock();
@@ -565,7 +610,7 @@ impl Workspace {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn files_dir(&self, job: &JobKey) -> PathBuf {
+    pub(super) fn files_dir(&self, job: &JobKey) -> PathBuf {
         self.job_dir(job).join(FILES_DIR)
     }
 
@@ -710,6 +755,7 @@ impl Workspace {
         dir: &Path,
         path: &JobPath,
         reader: &mut R,
+        store: bool,
     ) -> Result<WriteOutcome> {
         let max_file = self.limits.max_file_bytes;
         let mut buf = vec![0u8; CHUNK];
@@ -749,10 +795,20 @@ impl Workspace {
             .metadata()
             .map_err(io_err("inspect", &temp.path))?;
         let target = dir.join(path.file_name());
+        // Held from the upload to the rename, so that a concurrent write or delete of the same
+        // path cannot leave the store and the disk holding different versions.
+        let path_lock = if store {
+            self.store_file(&res.job, path, &mut temp.file, written)?
+        } else {
+            None
+        };
         let replaced = {
             let mut st = self.lock();
             let result = self.commit_locked(&mut st, res, temp, &target, path, written);
             res.release(&mut st);
+            if result.is_err() && path_lock.is_some() {
+                self.unstore_file(&res.job, path, &target);
+            }
             result?
         };
         Ok(WriteOutcome {
@@ -934,7 +990,7 @@ impl Workspace {
 
     /// Counts a job's files and archive, deleting temporary files left by a crash. Only called
     /// when no write to the job can be in flight (at startup, or before it is registered).
-    fn scan_job(&self, job: &JobKey, files_dir: &Path) -> Result<JobUsage> {
+    pub(super) fn scan_job(&self, job: &JobKey, files_dir: &Path) -> Result<JobUsage> {
         let mut usage = JobUsage::default();
         walk_tree(files_dir, true, |info| {
             usage.files += 1;

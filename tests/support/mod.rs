@@ -247,6 +247,7 @@ pub struct Operator {
     pub log: PathBuf,
     state: tempfile::TempDir,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     kubeconfig: PathBuf,
 }
 
@@ -258,6 +259,8 @@ pub struct OperatorOptions {
     pub extra_args: Vec<String>,
     /// `RUST_LOG`.
     pub log_level: String,
+    /// Extra environment variables (the object store's `AWS_*`).
+    pub env: Vec<(String, String)>,
 }
 
 impl OperatorOptions {
@@ -266,7 +269,14 @@ impl OperatorOptions {
             namespaces: vec![ns.to_string()],
             extra_args: Vec::new(),
             log_level: "info,kiln=debug".into(),
+            env: Vec::new(),
         }
+    }
+
+    /// These options plus environment variables.
+    pub fn with_env(mut self, env: &[(String, String)]) -> Self {
+        self.env.extend(env.iter().cloned());
+        self
     }
 
     /// These options plus extra `kiln run` flags.
@@ -312,6 +322,7 @@ impl Operator {
             log: state.path().join("kiln.log"),
             state,
             args,
+            env: options.env,
             kubeconfig: cp.kubeconfig.clone(),
         };
         op.spawn(&options.log_level);
@@ -327,6 +338,7 @@ impl Operator {
             .expect("operator log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", log_level)
             .env("HOSTNAME", format!("test-{}", std::process::id()))
@@ -409,6 +421,26 @@ impl Operator {
         );
         meanwhile();
         self.spawn(log_level);
+        self.wait_ready().await;
+    }
+
+    /// Kills the operator with SIGKILL (a crash, an OOM kill, a node gone): no draining.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("operator is running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// A pod replacement: SIGKILL, a new empty workspace directory, a new process.
+    pub async fn kill_and_wipe(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(&self.workspace).expect("wipe the workspace");
+        self.start_again().await;
+    }
+
+    /// Starts the operator again after [`Operator::kill`], with the same settings.
+    pub async fn start_again(&mut self) {
+        self.spawn("info,kiln=debug");
         self.wait_ready().await;
     }
 
@@ -648,4 +680,154 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// A real S3-compatible server (MinIO) started by `hack/object-store.sh` for one test, with
+/// state in its own directory; stopped when dropped (and by a reaper if the test process dies).
+pub struct ObjectStore {
+    pub dir: PathBuf,
+    /// The variables of `DIR/s3.env`: `AWS_*` and `KILN_OBJECT_STORE`.
+    pub env: Vec<(String, String)>,
+}
+
+impl ObjectStore {
+    /// Starts a server, or fails loudly saying how to get one: the tests that need a store
+    /// never pass without one.
+    pub fn start() -> ObjectStore {
+        let base = std::env::temp_dir().join("kiln-tests");
+        std::fs::create_dir_all(&base).expect("create the test state directory");
+        let dir = tempfile::Builder::new()
+            .prefix("s3-")
+            .tempdir_in(&base)
+            .expect("create an object-store directory")
+            .keep();
+        let store = ObjectStore {
+            dir,
+            env: Vec::new(),
+        };
+        store.script("start");
+        spawn_store_reaper(&store.dir);
+        let text = std::fs::read_to_string(store.dir.join("s3.env")).expect("read s3.env");
+        let env = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut store = store;
+        store.env = env;
+        store
+    }
+
+    fn script(&self, command: &str) {
+        let out = Command::new(repo().join("hack/object-store.sh"))
+            .arg(command)
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hack/object-store.sh");
+        assert!(
+            out.status.success(),
+            "hack/object-store.sh {command} {} failed:\n{}\n\
+             The object-store tests need a real S3 server built from the Go module proxy:\n  \
+             hack/object-store.sh build   # needs Go >= 1.24; minutes the first time, cached after\n\
+             then run the tests again (hack/test.sh does both).",
+            self.dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the server (uploads must then fail).
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    /// Starts it again on the same port, with the same credentials and data.
+    pub fn resume(&self) {
+        self.script("start");
+    }
+
+    pub fn var(&self, name: &str) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("s3.env has no {name}"))
+    }
+
+    /// The bucket of `KILN_OBJECT_STORE`.
+    pub fn bucket(&self) -> String {
+        let url = self.var("KILN_OBJECT_STORE").trim_start_matches("s3://");
+        url.split('/').next().unwrap_or_default().to_string()
+    }
+
+    /// A client of the server, configured from `s3.env` like Kiln is.
+    pub fn client(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(self.var("AWS_ENDPOINT_URL"))
+            .with_access_key_id(self.var("AWS_ACCESS_KEY_ID"))
+            .with_secret_access_key(self.var("AWS_SECRET_ACCESS_KEY"))
+            .with_region(self.var("AWS_REGION"))
+            .with_bucket_name(self.bucket())
+            .with_allow_http(true)
+            .build()
+            .expect("an S3 client for the test server")
+    }
+
+    /// Every key under `prefix` (a full key prefix, without the bucket).
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        let client = self.client();
+        let prefix = object_store::path::Path::from(prefix);
+        let mut keys: Vec<String> = client
+            .list(Some(&prefix))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .expect("list the test bucket");
+        keys.sort();
+        keys
+    }
+
+    /// `KILN_OBJECT_STORE`'s prefix.
+    pub fn prefix(&self) -> String {
+        let url = self.var("KILN_OBJECT_STORE").trim_start_matches("s3://");
+        url.split_once('/')
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("hack/object-store.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
+fn spawn_store_reaper(dir: &Path) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; '{s3}' stop '{dir}' >/dev/null 2>&1; rm -rf '{dir}'",
+        pid = std::process::id(),
+        s3 = repo().join("hack/object-store.sh").display(),
+        dir = dir.display(),
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    #[allow(clippy::zombie_processes)]
+    cmd.spawn().expect("spawn the object-store reaper");
 }

@@ -6,6 +6,7 @@
 
 mod declared;
 mod status;
+mod stored;
 
 use std::sync::Arc;
 
@@ -212,11 +213,16 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
         archive,
         sensitive,
     };
-    let desired = status::build(job, &current, &seen, &life, now);
+    let mut desired = status::build(job, &current, &seen, &life, now);
+    let store = stored::observe(&ctx.workspace, &key).await;
+    stored::apply(&mut desired, &store, job.metadata.generation, now);
     announce(ctx, job, &current, &desired).await;
     write_status(jobs, job, desired).await?;
 
     let mut resync = ctx.settings.resync;
+    if matches!(store, stored::Seen::Unavailable(_)) {
+        resync = resync.min(stored::RECHECK);
+    }
     if problems
         .iter()
         .any(|p| matches!(p, Problem::SourceNotFound(_) | Problem::SourceNotAllowed(_)))
@@ -267,7 +273,7 @@ async fn write_declared(
             if ws.read(&key, &path).ok().as_deref() == Some(bytes.as_slice()) {
                 continue;
             }
-            if let Err(e) = ws.write(&key, &path, &bytes) {
+            if let Err(e) = ws.write_declared(&key, &path, &bytes) {
                 problems.push(Problem::TemplateError(format!("{path}: {e}")));
             }
         }
@@ -331,6 +337,7 @@ async fn archive(
         size_bytes: info.size_bytes as i64,
         sha256: info.sha256,
         download_path: download_path(&job.namespace().unwrap_or_default(), &job.name_any()),
+        location: info.location,
     })
 }
 
