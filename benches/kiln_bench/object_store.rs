@@ -221,7 +221,7 @@ async fn timed_get(
     ))
 }
 
-fn header<'a>(head: &'a [u8], name: &str) -> Option<String> {
+fn header(head: &[u8], name: &str) -> Option<String> {
     String::from_utf8_lossy(head).lines().find_map(|l| {
         let (n, v) = l.split_once(':')?;
         n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
