@@ -64,8 +64,8 @@ mod fsutil;
 pub mod key;
 pub mod limits;
 pub mod path;
-pub mod sensitive;
 mod remote;
+pub mod sensitive;
 pub mod store;
 
 pub use archive::{ArchiveInfo, OpenArchive};
