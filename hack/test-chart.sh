@@ -734,8 +734,11 @@ object_store_render() {
   to_json "$work/s3.yaml" "$work/s3.json" || return 1
   python3 - "$work/s3.json" <<'PY'
 import json, sys
-d = json.load(open(sys.argv[1]))
-docs = d["items"] if d.get("kind") == "List" else [d]
+# kubectl prints one JSON document per object, one after the other.
+text, docs, at, dec = open(sys.argv[1]).read(), [], 0, json.JSONDecoder()
+while text[at:].strip():
+    d, at = dec.raw_decode(text, at + len(text[at:]) - len(text[at:].lstrip()))
+    docs.extend(d["items"] if d.get("kind") == "List" else [d])
 dep = next(d for d in docs if d["kind"] == "Deployment")
 env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
 assert env["KILN_OBJECT_STORE"]["value"] == "s3://kiln-files/prod", env
@@ -753,8 +756,11 @@ pvc_render() {
   to_json "$work/pvc.yaml" "$work/pvc.json" || return 1
   python3 - "$work/pvc.json" <<'PY'
 import json, sys
-d = json.load(open(sys.argv[1]))
-docs = d["items"] if d.get("kind") == "List" else [d]
+# kubectl prints one JSON document per object, one after the other.
+text, docs, at, dec = open(sys.argv[1]).read(), [], 0, json.JSONDecoder()
+while text[at:].strip():
+    d, at = dec.raw_decode(text, at + len(text[at:]) - len(text[at:].lstrip()))
+    docs.extend(d["items"] if d.get("kind") == "List" else [d])
 pvc = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
 assert pvc["spec"]["resources"]["requests"]["storage"] == "20Gi", pvc
 assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", pvc
