@@ -507,3 +507,59 @@ async fn an_unreachable_store_is_a_503_and_kiln_recovers_by_itself() {
         ["files/first.txt", "files/second.txt"]
     );
 }
+
+#[tokio::test]
+async fn files_made_from_secrets_stay_out_of_the_bucket_and_behind_the_secret_check() {
+    let mut w = world("s3-secret", &[]).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(w.jobs.clone().into_client(), &w.ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "s", "annotations": {"kiln.dev/allow-job-source": "true"}},
+                "stringData": {"token": "t0ps3cret-value"},
+            }))
+            .expect("secret"),
+        )
+        .await
+        .expect("create the secret");
+    let job = w
+        .create_job(
+            "app",
+            json!({
+                "projectName": "App",
+                "files": [{"path": "conf/token", "contentFrom": {"secretKeyRef": {"name": "s", "key": "token"}}}],
+            }),
+        )
+        .await;
+    let r = w.put("app", "main.py", b"print('hi')\n").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    w.complete("app").await;
+    let keys = w.keys_of(&job).await;
+    assert_eq!(
+        keys,
+        ["archive.zip", "files/main.py"],
+        "no object for the Secret's file"
+    );
+
+    w.op.kill_and_wipe().await;
+    // The writer may not get the Secret: neither the archive nor a presigned URL of it.
+    let download = w.url("app", "download");
+    let r = eventually(WAIT, "the restored job to answer", || async {
+        let r = w.get(&download).await;
+        (r.status != 404 && r.status != 409).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = w.get(&format!("{download}?redirect=true")).await;
+    assert_eq!(
+        r.status,
+        403,
+        "no redirect without the Secret check: {}",
+        r.text()
+    );
+    assert!(r.header("location").is_none());
+    let r = w.get(&w.url("app", "files/main.py")).await;
+    assert_eq!(r.body, b"print('hi')\n", "the upload was restored");
+}
