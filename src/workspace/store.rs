@@ -789,19 +789,40 @@ impl Workspace {
                 .write_all(&buf[..n])
                 .map_err(io_err("write", &temp.path))?;
         }
-        temp.file.sync_all().map_err(io_err("sync", &temp.path))?;
+        // Held from the upload to the rename, so that a concurrent write or delete of the same
+        // path cannot leave the store and the disk holding different versions.
+        let path_lock = if store && self.remote.is_some() {
+            // The local fsync and the upload both have to finish before the rename, and
+            // neither needs the other: run them side by side, so the write costs the slower
+            // of the two rather than their sum.
+            let mut upload = temp
+                .file
+                .try_clone()
+                .map_err(io_err("reopen", &temp.path))?;
+            let (synced, stored) = std::thread::scope(|scope| {
+                let file = &temp.file;
+                let sync = scope.spawn(move || file.sync_all());
+                let stored = self.store_file(&res.job, path, &mut upload, written);
+                (sync.join(), stored)
+            });
+            let synced =
+                synced.unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked")));
+            let guard = stored?;
+            if let Err(e) = synced {
+                // Stored but not durable here: put the store back to what the disk holds.
+                self.unstore_file(&res.job, path, &dir.join(path.file_name()));
+                return Err(io_err("sync", &temp.path)(e));
+            }
+            guard
+        } else {
+            temp.file.sync_all().map_err(io_err("sync", &temp.path))?;
+            None
+        };
         let meta = temp
             .file
             .metadata()
             .map_err(io_err("inspect", &temp.path))?;
         let target = dir.join(path.file_name());
-        // Held from the upload to the rename, so that a concurrent write or delete of the same
-        // path cannot leave the store and the disk holding different versions.
-        let path_lock = if store {
-            self.store_file(&res.job, path, &mut temp.file, written)?
-        } else {
-            None
-        };
         let replaced = {
             let mut st = self.lock();
             let result = self.commit_locked(&mut st, res, temp, &target, path, written);
