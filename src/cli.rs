@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::workspace::Limits;
+
 /// Kiln: configuration with a lifecycle, inside the cluster.
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version, about)]
@@ -19,6 +21,12 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print Kiln's CustomResourceDefinitions as YAML (the source of `crds/`).
     Crds(CrdsArgs),
+    /// Check Draft manifests as the operator would, without a cluster (for CI pipelines).
+    /// Prints every error with its JSON pointer; exits with 1 on any error.
+    Validate(ValidateArgs),
+    /// Write a Job's declared files and `plan.json` as the operator would, without a cluster.
+    /// Exits with 1 when a file cannot be produced.
+    Render(RenderArgs),
     /// Roll a resource back to an earlier revision.
     #[command(subcommand)]
     Rollback(RollbackCommand),
@@ -32,6 +40,55 @@ pub struct CrdsArgs {
     /// printing them all to stdout.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// Manifests to check (multi-document YAML or JSON; `-` for stdin). Drafts are checked;
+    /// ConfigMaps serve as `schemaRef` schemas; other objects are ignored.
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// A directory of ConfigMap manifests (`*.yaml`, `*.yml`, `*.json`) holding the schemas
+    /// that drafts name in `spec.schemaRef`.
+    #[arg(long, value_name = "DIR")]
+    pub schema_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// Manifests holding exactly one Job (multi-document YAML or JSON; `-` for stdin).
+    /// ConfigMaps and Secrets among them serve as `contentFrom` / `sourceFrom` sources.
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Where the files are written (created if needed; existing files are overwritten).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// A source key read from a file: `configmap/NAME/KEY=PATH` or `secret/NAME/KEY=PATH`.
+    /// Repeat for each key; wins over the same key in a manifest.
+    #[arg(long, value_name = "KIND/NAME/KEY=PATH")]
+    pub from_file: Vec<crate::offline::render::FromFile>,
+    /// Largest file, in bytes (the operator's `--max-file-bytes`).
+    #[arg(long, env = "KILN_MAX_FILE_BYTES", default_value_t = Limits::default().max_file_bytes)]
+    pub max_file_bytes: u64,
+    /// Largest total of the job's files, in bytes (the operator's `--max-job-bytes`).
+    #[arg(long, env = "KILN_MAX_JOB_BYTES", default_value_t = Limits::default().max_job_bytes)]
+    pub max_job_bytes: u64,
+    /// Most files in the job (the operator's `--max-files-per-job`).
+    #[arg(long, env = "KILN_MAX_FILES_PER_JOB", default_value_t = Limits::default().max_files_per_job)]
+    pub max_files_per_job: u64,
+}
+
+impl RenderArgs {
+    /// The workspace limits a render is held to. The workspace budget does not apply to one
+    /// job on its own.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_file_bytes: self.max_file_bytes,
+            max_job_bytes: self.max_job_bytes,
+            max_files_per_job: self.max_files_per_job,
+            max_workspace_bytes: u64::MAX,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

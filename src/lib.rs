@@ -17,6 +17,8 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod objstore;
+pub mod offline;
+pub mod resolve;
 pub mod rollback;
 pub mod run;
 pub mod telemetry;

@@ -6,7 +6,6 @@
 
 mod cache;
 mod publish;
-mod schema;
 mod status;
 
 use std::sync::Arc;
@@ -32,8 +31,9 @@ use crate::desired::draft::{DEFAULT_KEEP_REVISIONS, Publication, Source};
 use crate::desired::labels;
 use crate::error::{Error, Result};
 use crate::expiry::ExpiryState;
+use crate::resolve::Cluster;
+use crate::resolve::schema::{self, Verdict};
 use publish::{Outcome, Publisher};
-use schema::Verdict;
 
 const NAME: &str = "draft";
 const KIND: &str = "Draft";
@@ -158,7 +158,8 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>) -> Result<Action> {
     }
 
     let config = cache::config(&draft)?;
-    let verdict = schema::check(&configmaps, &draft.spec, &config).await?;
+    let objects = Cluster::namespaced(&ctx.client, &ns);
+    let verdict = schema::check(&objects, &draft.spec, &config).await?;
     let outcome = match (&verdict, &draft.spec.publish) {
         (Verdict::Valid, Some(publish)) => {
             let publication = Publication::new(&publish.config_id, draft.spec.config_type, &config);

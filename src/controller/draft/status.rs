@@ -5,11 +5,11 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::lifecycle::{self, Lifecycle};
 use super::publish::Outcome;
-use super::schema::Verdict;
 use crate::api::conditions::types::*;
 use crate::api::draft::{Draft, DraftPhase, DraftStatus, PublishedRevision, RevisionRecord};
 use crate::conditions::{Desired, merge};
 use crate::desired::draft::Publication;
+use crate::resolve::schema::Verdict;
 
 /// At most this many entries are kept in `status.history` (the oldest go first); Events and
 /// the revision ConfigMaps carry the rest of the audit trail. Keeps the object far from

@@ -4,13 +4,11 @@
 //! Besides its own watch, it reconciles on nudges from the HTTP file API, so that a write
 //! shows in `status` at once without Kiln writing anything to the API server for it.
 
-mod declared;
 mod status;
 mod stored;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -27,11 +25,12 @@ use super::{
 use crate::api::Expiration;
 use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus};
 use crate::apply;
-use crate::desired::job::{PLAN_FILE, download_path, missing_files, plan_json, planned_paths};
+use crate::desired::job::{download_path, missing_files, planned_paths};
 use crate::error::{Error, Result};
 use crate::expiry::ExpiryState;
+use crate::resolve::Cluster;
+use crate::resolve::declared::{self, Problem, Sources};
 use crate::workspace::{JobKey, JobPath, Workspace};
-use declared::{Problem, Resolved, Sources};
 use status::Observed;
 
 const NAME: &str = "job";
@@ -159,9 +158,9 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
     };
     let ns = job.namespace().unwrap_or_default();
     let sources = Sources {
-        configmaps: Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
-        secrets: Api::<Secret>::namespaced(ctx.client.clone(), &ns),
+        objects: Cluster::namespaced(&ctx.client, &ns),
         require_opt_in: ctx.settings.secret_sources_require_opt_in,
+        withhold_secret_details: true,
     };
     let problems = write_declared(ctx, job, &key, &sources).await?;
     let sensitive = {
@@ -238,48 +237,12 @@ async fn write_declared(
     ctx: &Context,
     job: &KilnJob,
     key: &JobKey,
-    sources: &Sources,
+    sources: &Sources<Cluster>,
 ) -> Result<Vec<Problem>> {
-    let mut wanted: Vec<(String, Resolved)> = Vec::new();
-    let mut problems = Vec::new();
-    if let Some(plan) = &job.spec.plan {
-        let plan = Resolved {
-            bytes: plan_json(plan).into_bytes(),
-            secrets: Vec::new(),
-        };
-        wanted.push((PLAN_FILE.to_string(), plan));
-    }
-    for file in &job.spec.files {
-        match sources.resolve(file).await? {
-            Ok(resolved) => wanted.push((file.path.clone(), resolved)),
-            Err(problem) => problems.push(problem),
-        }
-    }
+    let (wanted, mut problems) = declared::wanted(&job.spec, sources).await?;
     let key = key.clone();
-    let write_problems = blocking(&ctx.workspace, move |ws| {
-        let mut problems = Vec::new();
-        for (path, Resolved { bytes, secrets }) in wanted {
-            // The CRD already refuses bad paths; this is the workspace's own, final check.
-            let path = match JobPath::parse(&path) {
-                Ok(p) => p,
-                Err(e) => {
-                    problems.push(Problem::TemplateError(format!("{path}: {e}")));
-                    continue;
-                }
-            };
-            // Recorded even when the bytes are already there: a record lost or never made
-            // (a file written by an older Kiln) is made good before anyone can read it.
-            ws.mark_sensitive(&key, &path, &secrets)?;
-            if ws.read(&key, &path).ok().as_deref() == Some(bytes.as_slice()) {
-                continue;
-            }
-            if let Err(e) = ws.write_declared(&key, &path, &bytes) {
-                problems.push(Problem::TemplateError(format!("{path}: {e}")));
-            }
-        }
-        Ok(problems)
-    })
-    .await?;
+    let write_problems =
+        blocking(&ctx.workspace, move |ws| declared::store(ws, &key, wanted)).await?;
     problems.extend(write_problems);
     Ok(problems)
 }

@@ -3,11 +3,11 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::declared::Problem;
 use super::lifecycle::{self, Lifecycle};
 use crate::api::conditions::types::*;
 use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus, SensitiveFile};
 use crate::conditions::{Desired, merge};
+use crate::resolve::declared::Problem;
 use crate::workspace::Sensitivity;
 
 /// Type of the condition that reports uploaded files lost with the pod's workspace.
@@ -43,11 +43,10 @@ pub fn build(
     status.sensitive_files = sensitive_files(&current.sensitive_files, &seen.sensitive);
 
     let complete_requested = job.spec.complete == Some(true);
-    let problem = seen.problems.first().map(|p| match p {
-        Problem::SourceNotFound(m) => ("SourceNotFound", m.clone()),
-        Problem::SourceNotAllowed(m) => ("SourceNotAllowed", m.clone()),
-        Problem::TemplateError(m) => ("TemplateError", m.clone()),
-    });
+    let problem = seen
+        .problems
+        .first()
+        .map(|p| (p.reason(), p.message().to_string()));
     let (phase, ready, complete): (JobPhase, Desired, Desired) =
         if let Some(failure) = &job.spec.failure {
             let m = format!("the client reported a failure: {}", failure.message);

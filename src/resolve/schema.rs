@@ -1,11 +1,9 @@
 //! Which JSON Schema a draft is checked against, and the check itself.
 
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
-
+use super::Objects;
 use crate::api::ValidationIssue;
 use crate::api::draft::{ConfigType, DraftSpec};
-use crate::error::{KubeContext, Result};
+use crate::error::Result;
 use crate::validate;
 
 /// The verdict on a draft's config.
@@ -21,10 +19,11 @@ pub enum Verdict {
     },
 }
 
-/// Checks `config` (the draft's, see `cache::config`) against `schemaRef` if set, else the
-/// built-in schema.
+/// Checks `config` against `schemaRef` if set, else the built-in schema. `config` is the
+/// draft's `spec.config`, passed apart because the Draft controller's cache keeps it as
+/// compact text (see `controller::draft::cache`).
 pub async fn check(
-    configmaps: &Api<ConfigMap>,
+    objects: &impl Objects,
     spec: &DraftSpec,
     config: &serde_json::Value,
 ) -> Result<Verdict> {
@@ -35,11 +34,7 @@ pub async fn check(
         };
         return Ok(to_verdict(validate::validate_builtin(kind, config)));
     };
-    let Some(cm) = configmaps
-        .get_opt(&reference.name)
-        .await
-        .context(format!("reading schema ConfigMap {}", reference.name))?
-    else {
+    let Some(cm) = objects.config_map(&reference.name).await? else {
         return Ok(Verdict::BrokenSchema {
             reason: "SchemaNotFound",
             message: format!(

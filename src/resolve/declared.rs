@@ -9,13 +9,14 @@
 //! turn one into the other.
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::Api;
+use k8s_openapi::api::core::v1::Secret;
 
+use super::Objects;
 use crate::api::KeyRef;
-use crate::api::job::{ContentSource, DeclaredFile};
-use crate::desired::job::render_template;
-use crate::error::{KubeContext, Result};
+use crate::api::job::{ContentSource, DeclaredFile, KilnJobSpec};
+use crate::desired::job::{PLAN_FILE, plan_json, render_template};
+use crate::error::Result;
+use crate::workspace::{JobKey, JobPath, Workspace};
 
 /// The annotation a Secret must carry (value `"true"`) to be read into a Job's files.
 pub const ALLOW_JOB_SOURCE: &str = "kiln.dev/allow-job-source";
@@ -32,6 +33,26 @@ pub enum Problem {
     TemplateError(String),
 }
 
+impl Problem {
+    /// The condition reason it is reported under (`SourceNotFound`, …).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::SourceNotFound(_) => "SourceNotFound",
+            Problem::SourceNotAllowed(_) => "SourceNotAllowed",
+            Problem::TemplateError(_) => "TemplateError",
+        }
+    }
+
+    /// What is wrong, naming the file.
+    pub fn message(&self) -> &str {
+        match self {
+            Problem::SourceNotFound(m)
+            | Problem::SourceNotAllowed(m)
+            | Problem::TemplateError(m) => m,
+        }
+    }
+}
+
 /// A declared file's bytes and the Secrets they were made from (sorted, no duplicates).
 #[derive(Debug)]
 pub struct Resolved {
@@ -39,26 +60,27 @@ pub struct Resolved {
     pub secrets: Vec<String>,
 }
 
-/// Reads ConfigMap and Secret keys in the job's namespace.
-pub struct Sources {
-    pub configmaps: Api<ConfigMap>,
-    pub secrets: Api<Secret>,
-    /// Whether a Secret must carry [`ALLOW_JOB_SOURCE`] to be used.
+/// Reads ConfigMap and Secret keys in the job's namespace, under the operator's rules.
+pub struct Sources<O> {
+    pub objects: O,
+    /// Whether a Secret must carry [`ALLOW_JOB_SOURCE`] to be used. The operator's choice
+    /// (`--secret-sources-require-opt-in`); offline, the person running the tool supplied the
+    /// Secret's bytes and no authority is at stake.
     pub require_opt_in: bool,
+    /// Whether a template made from a Secret reports its error without details. The operator
+    /// must (its messages reach status and Events, readable by people who may not read the
+    /// Secret); offline, the details go to the person who supplied the template.
+    pub withhold_secret_details: bool,
 }
 
-impl Sources {
+impl<O: Objects> Sources<O> {
     async fn read(
         &self,
         source: &ContentSource,
         path: &str,
     ) -> Result<std::result::Result<Vec<u8>, Problem>> {
         if let Some(r) = &source.config_map_key_ref {
-            let cm = self
-                .configmaps
-                .get_opt(&r.name)
-                .await
-                .context(format!("reading ConfigMap {}", r.name))?;
+            let cm = self.objects.config_map(&r.name).await?;
             let bytes = cm.and_then(|cm| {
                 cm.data
                     .as_ref()
@@ -74,11 +96,7 @@ impl Sources {
             return Ok(bytes.ok_or_else(|| missing("ConfigMap", r, path)));
         }
         if let Some(r) = &source.secret_key_ref {
-            let secret = self
-                .secrets
-                .get_opt(&r.name)
-                .await
-                .context(format!("reading Secret {}", r.name))?;
+            let secret = self.objects.secret(&r.name).await?;
             if let Some(secret) = &secret
                 && self.require_opt_in
                 && !opted_in(secret)
@@ -150,17 +168,77 @@ impl Sources {
             Ok(text) => Ok(resolved(text.into_bytes())),
             // A parse or render error quotes names and tokens of the template: when the
             // template is a Secret's value, the status and Events must not carry them.
-            Err(e) if !secrets.is_empty() => Err(Problem::TemplateError(format!(
-                "{}: the template from Secret {} does not render{} (details withheld: they \
-                 would show the Secret's content; check it with `kiln` offline or in a \
-                 ConfigMap)",
-                file.path,
-                secrets.join(", "),
-                e.line.map(|l| format!(" (line {l})")).unwrap_or_default(),
-            ))),
+            Err(e) if self.withhold_secret_details && !secrets.is_empty() => {
+                Err(Problem::TemplateError(format!(
+                    "{}: the template from Secret {} does not render{} (details withheld: they \
+                 would show the Secret's content; check it with `kiln render` offline or \
+                 in a ConfigMap)",
+                    file.path,
+                    secrets.join(", "),
+                    e.line.map(|l| format!(" (line {l})")).unwrap_or_default(),
+                )))
+            }
             Err(e) => Err(Problem::TemplateError(e.to_string())),
         })
     }
+}
+
+/// What the job's spec says its workspace should hold, in write order: `plan.json` (when
+/// there is a plan), then each declared file, so a declared `plan.json` wins as it is written
+/// last. Files that cannot be produced are left out and reported as problems.
+pub async fn wanted<O: Objects>(
+    spec: &KilnJobSpec,
+    sources: &Sources<O>,
+) -> Result<(Vec<(String, Resolved)>, Vec<Problem>)> {
+    let mut wanted: Vec<(String, Resolved)> = Vec::new();
+    let mut problems = Vec::new();
+    if let Some(plan) = &spec.plan {
+        let plan = Resolved {
+            bytes: plan_json(plan).into_bytes(),
+            secrets: Vec::new(),
+        };
+        wanted.push((PLAN_FILE.to_string(), plan));
+    }
+    for file in &spec.files {
+        match sources.resolve(file).await? {
+            Ok(resolved) => wanted.push((file.path.clone(), resolved)),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    Ok((wanted, problems))
+}
+
+/// Writes `wanted` into the job's workspace (blocking I/O), each file only when its bytes
+/// differ from what is there, under the workspace's path rules and limits. A file the
+/// workspace refuses (a bad path, a limit) is a problem of the job, not an error of the call.
+pub fn store(
+    ws: &Workspace,
+    key: &JobKey,
+    wanted: Vec<(String, Resolved)>,
+) -> crate::workspace::Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    for (path, Resolved { bytes, secrets }) in wanted {
+        // The CRD already refuses bad paths; this is the workspace's own, final check.
+        let path = match JobPath::parse(&path) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(Problem::TemplateError(format!("{path}: {e}")));
+                continue;
+            }
+        };
+        // Recorded even when the bytes are already there: a record lost or never made
+        // (a file written by an older Kiln) is made good before anyone can read it.
+        ws.mark_sensitive(key, &path, &secrets)?;
+        if ws.read(key, &path).ok().as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        // Declared files are desired state, rebuilt from the Job: never sent to the object
+        // store (see `Workspace::write_declared`).
+        if let Err(e) = ws.write_declared(key, &path, &bytes) {
+            problems.push(Problem::TemplateError(format!("{path}: {e}")));
+        }
+    }
+    Ok(problems)
 }
 
 /// The Secrets `file` reads (its `contentFrom` or its template's `sourceFrom`), sorted.
