@@ -1,6 +1,6 @@
 //! Expiry rules shared by Draft and Job (pure).
 //!
-//! DESIGN.md §1 "Expiry rules": every object has a TTL (a Draft's `retention`, a Job's
+//! The expiry rules (users' reference: `docs/api.md`, "Expiry"): every object has a TTL (a Draft's `retention`, a Job's
 //! `ttl`), a clock that starts at creation and restarts on renewal (and, for a Draft, on each
 //! change of its spec), an `ExpiringSoon` warning window, and an expiration policy. This
 //! module decides; the controllers act. Nothing here talks to the API server or reads the
@@ -175,7 +175,7 @@ pub fn expires_at(start: Timestamp, ttl: SignedDuration) -> Timestamp {
 /// How long before expiry the `ExpiringSoon` condition and Event appear. Operator-wide.
 ///
 /// The lead time is `fraction × TTL`, at most `max`, and never more than the TTL itself.
-/// The default is DESIGN.md's: 10% of the TTL, at most 24h (30 days → 24h; 48h → 4h48m;
+/// The default: 10% of the TTL, at most 24h (30 days → 24h; 48h → 4h48m;
 /// 10s → 1s). A fixed lead time is `fraction: 1.0` with `max` set to it
 /// ([`WarningPolicy::fixed`]); no warning at all is `fraction: 0.0`.
 #[derive(Debug, Clone, Copy, PartialEq)]

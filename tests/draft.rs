@@ -1,4 +1,4 @@
-//! The Draft controller against a real API server (DESIGN.md §1.1, issue 3).
+//! The Draft controller against a real API server.
 
 mod support;
 

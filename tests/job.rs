@@ -1,4 +1,4 @@
-//! The Job controller against a real API server (DESIGN.md §1.2, issue 5): declared files
+//! The Job controller against a real API server: declared files
 //! on disk, templates, the plan, the archive, workspace loss, TTL and the finalizer.
 //! The HTTP file API has its own tests (`tests/job_files.rs`).
 

@@ -1,4 +1,4 @@
-//! The Job file API over HTTP against a real API server (DESIGN.md §1.2, issue 5): real
+//! The Job file API over HTTP against a real API server: real
 //! service-account tokens from `kubectl create token`, real RBAC decided by the API server's
 //! SubjectAccessReviews, the operator running as a child process, the workspace inspected on
 //! disk. The Job controller itself has its own tests (`tests/job.rs`).

@@ -1,9 +1,9 @@
-//! Kiln's benchmarks (DESIGN.md §5, "Quality bars"): every number is measured against a
+//! Kiln's benchmarks (the performance bars in `benches/README.md`): every number is measured against a
 //! baseline in the same run, on a real control plane, and written to `benches/results/`.
 //!
 //! ```text
 //! cargo bench --bench kiln_bench                       # quick version of every scenario
-//! cargo bench --bench kiln_bench -- --full             # the sizes DESIGN.md names
+//! cargo bench --bench kiln_bench -- --full             # the full sizes
 //! cargo bench --bench kiln_bench -- convergence --n 1000
 //! cargo bench --bench kiln_bench -- upload --full
 //! ```
@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(value_enum)]
     pub scenarios: Vec<Scenario>,
 
-    /// Use the sizes DESIGN.md names (N = 1,000 drafts, 10,000 for memory, 50 expiring drafts,
+    /// Use the full sizes the bars are stated for (N = 1,000 drafts, 10,000 for memory, 50 expiring drafts,
     /// a 2,000-file / 100 MiB project, 1,000 × 10 KiB and 1 × 50 MiB uploads) instead of the
     /// quick ones.
     #[arg(long)]

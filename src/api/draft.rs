@@ -1,4 +1,4 @@
-//! `Draft`: a configuration being written (DESIGN.md §1.1).
+//! `Draft`: a configuration being written (users' reference: `docs/api.md`).
 
 // kube-derive repeats `type_` across printcolumn attributes, which clippy mistakes for duplicates.
 #![allow(clippy::duplicated_attributes)]

@@ -1,4 +1,4 @@
-//! `Job` (`jobs.kiln.dev`): files generated for a project (DESIGN.md §1.2).
+//! `Job` (`jobs.kiln.dev`): files generated for a project (users' reference: `docs/api.md`).
 //!
 //! The Rust type is `KilnJob` so that it is never confused with the batch Job.
 

@@ -1,4 +1,5 @@
-//! `ProviderConfig`: an external provider and its credentials (DESIGN.md §1.3).
+//! `ProviderConfig`: an external provider and its credentials (users' reference:
+//! `docs/api.md`, `docs/provider-config.md`).
 
 // kube-derive repeats `type_` across printcolumn attributes, which clippy mistakes for duplicates.
 #![allow(clippy::duplicated_attributes)]

@@ -1,8 +1,8 @@
 //! The emptyDir workspace: safe paths, atomic writes, limits, archives.
 //!
 //! Jobs' files live on the operator's `emptyDir` volume, not in etcd. This module is the only
-//! code that touches that volume; it enforces the workspace rules of DESIGN.md §1.2, which are
-//! security boundaries.
+//! code that touches that volume; it enforces the workspace rules (below, and for users in
+//! `docs/api.md`), which are security boundaries.
 //!
 //! # Layout
 //!

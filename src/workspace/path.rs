@@ -1,7 +1,7 @@
 //! [`JobPath`]: the only way a file name supplied by a user reaches the filesystem.
 //!
 //! A `JobPath` is checked once, when it is parsed, against every rule of the workspace
-//! (DESIGN.md §1.2, "Workspace rules"); code that holds one never needs to check again. The
+//! (the rules below; `docs/api.md` states them for users); code that holds one never needs to check again. The
 //! rules are deliberately stricter than what Linux accepts, because the files end up in a ZIP
 //! that people extract on any operating system:
 //!

@@ -1,4 +1,4 @@
-//! The Draft controller (DESIGN.md §1.1): validate → publish → status → expiry.
+//! The Draft controller (`docs/architecture.md` shows its flow): validate → publish → status → expiry.
 //!
 //! Watches: drafts; ConfigMaps as metadata only, mapped back to drafts either by Kiln's
 //! labels and the `kiln.dev/source-draft` annotation (published ConfigMaps, for drift

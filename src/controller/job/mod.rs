@@ -1,4 +1,4 @@
-//! The Job controller (DESIGN.md §1.2): workspace → declared files → plan → archive →
+//! The Job controller (`docs/architecture.md` shows its flow): workspace → declared files → plan → archive →
 //! status → expiry, with a finalizer that removes the job's files when it is deleted.
 //!
 //! Besides its own watch, it reconciles on nudges from the HTTP file API, so that a write

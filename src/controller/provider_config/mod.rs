@@ -1,4 +1,4 @@
-//! The ProviderConfig controller (DESIGN.md §1.3), a pipeline:
+//! The ProviderConfig controller, a pipeline (`docs/provider-config.md` for its rules):
 //! read the keys → elect the default → derive the ConfigMap and Secret → move or remove the
 //! default aliases → roll out followers → status and Events.
 //!
