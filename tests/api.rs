@@ -40,6 +40,41 @@ async fn every_example_applies() {
     }
 }
 
+/// kubectl prints a `date` column in the future as `<invalid>`; the `Expires` columns are
+/// strings so that people read the time itself.
+#[tokio::test]
+async fn expires_columns_show_the_time() {
+    let cp = control_plane();
+    let ns = namespace(&cp.client().await, "columns").await;
+    let examples = support::repo().join("examples");
+    let expires = "2099-01-02T03:04:05Z";
+    for (file, resource) in [
+        ("draft.yaml", "draft/welcome-email"),
+        ("job.yaml", "jobs.kiln.dev/hello-world"),
+    ] {
+        let path = examples.join(file);
+        cp.kubectl(&["apply", "-n", &ns, "-f", path.to_str().expect("utf-8 path")])
+            .success();
+        // No operator runs here: the status is set by hand, as Kiln would set it.
+        let patch = format!("{{\"status\":{{\"expiresAt\":\"{expires}\"}}}}");
+        cp.kubectl(&[
+            "patch",
+            "-n",
+            &ns,
+            resource,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])
+        .success();
+    }
+    let table = cp.kubectl(&["get", "kiln", "-n", &ns]).success();
+    assert!(!table.contains("<invalid>"), "{table}");
+    assert_eq!(table.matches(expires).count(), 2, "{table}");
+    assert!(table.contains("EXPIRES"), "{table}");
+}
+
 /// One object the API server must refuse, and the words its error must contain.
 struct Invalid {
     name: &'static str,
@@ -99,6 +134,13 @@ fn invalid_objects() -> Vec<Invalid> {
             ("backslash", "a\\\\b", "backslash"),
             ("empty segment", "a//b", "empty segments"),
             ("NUL byte", "a\\u0000b", "control characters"),
+            ("DEL", "a\\u007fb", "control characters"),
+            ("C1 control", "a\\u0085b", "control characters"),
+            ("right-to-left override", "invoice\\u202Efdp.exe", "format characters"),
+            ("zero-width space", "a\\u200Bb", "format characters"),
+            ("left-to-right isolate", "a\\u2066b\\u2069", "format characters"),
+            ("first strong isolate", "dir/a\\u2068b", "format characters"),
+            ("byte-order mark", "\\uFEFFa", "format characters"),
             ("drive letter", "C:x", "drive letter"),
         ]
         .into_iter()
@@ -124,6 +166,22 @@ fn invalid_objects() -> Vec<Invalid> {
             name: "planned path escaping the project",
             yaml: Box::leak(
                 format!("{JOB_HEAD}spec:\n  projectName: p\n  plan:\n    tasks:\n    - name: t\n      files: [../x]\n")
+                    .into_boxed_str(),
+            ),
+            expect: &["spec.plan.tasks[0].files[0]"],
+        },
+        Invalid {
+            name: "planned path with a right-to-left override",
+            yaml: Box::leak(
+                format!("{JOB_HEAD}spec:\n  projectName: p\n  plan:\n    tasks:\n    - name: t\n      files: [\"a\\u202Eb\"]\n")
+                    .into_boxed_str(),
+            ),
+            expect: &["spec.plan.tasks[0].files[0]"],
+        },
+        Invalid {
+            name: "planned path with a zero-width space",
+            yaml: Box::leak(
+                format!("{JOB_HEAD}spec:\n  projectName: p\n  plan:\n    tasks:\n    - name: t\n      files: [\"dir/\\u200Bx\"]\n")
                     .into_boxed_str(),
             ),
             expect: &["spec.plan.tasks[0].files[0]"],

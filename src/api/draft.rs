@@ -60,7 +60,9 @@ impl std::fmt::Display for ConfigType {
         type_ = "integer",
         json_path = ".status.published.revision"
     ),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    // `string`, not `date`: kubectl renders a `date` column as an age, and an age in the
+    // future as `<invalid>`. As a string the column shows the RFC 3339 time itself.
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(
         name = "Age",
         type_ = "date",

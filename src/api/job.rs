@@ -33,7 +33,9 @@ use super::conditions::conditions_schema;
         type_ = "integer",
         json_path = ".status.totalSizeBytes"
     ),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    // `string`, not `date`: kubectl renders a `date` column as an age, and an age in the
+    // future as `<invalid>`. As a string the column shows the RFC 3339 time itself.
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -103,7 +105,7 @@ pub struct PlanTask {
         inner(
             length(min = 1, max = 1024),
             regex(
-                pattern = r"^([^./\\\x00-\x1f:]|\.[^./\\\x00-\x1f]|\.\.[^/\\\x00-\x1f])[^/\\\x00-\x1f]*(/([^./\\\x00-\x1f]|\.[^./\\\x00-\x1f]|\.\.[^/\\\x00-\x1f])[^/\\\x00-\x1f]*)*$"
+                pattern = r"^([^./\\\x00-\x1f\x7f-\x9f\p{Cf}:]|\.[^./\\\x00-\x1f\x7f-\x9f\p{Cf}]|\.\.[^/\\\x00-\x1f\x7f-\x9f\p{Cf}])[^/\\\x00-\x1f\x7f-\x9f\p{Cf}]*(/([^./\\\x00-\x1f\x7f-\x9f\p{Cf}]|\.[^./\\\x00-\x1f\x7f-\x9f\p{Cf}]|\.\.[^/\\\x00-\x1f\x7f-\x9f\p{Cf}])[^/\\\x00-\x1f\x7f-\x9f\p{Cf}]*)*$"
             )
         )
     )]
@@ -116,14 +118,15 @@ pub struct PlanTask {
 #[x_kube(validation = kube::core::Rule::new("[has(self.content), has(self.contentFrom), has(self.template)].filter(x, x).size() == 1").message("exactly one of content, contentFrom and template must be set"))]
 pub struct DeclaredFile {
     /// Relative path inside the project: no leading `/`, no `..`, `.` or empty segments,
-    /// no backslash, no control characters.
+    /// no backslash, no control characters, no invisible format characters (Unicode Cf).
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(
         validation = kube::core::Rule::new("!self.startsWith('/')").message("path must be relative (no leading '/')"),
         validation = kube::core::Rule::new("!self.contains('\\\\')").message("path must not contain a backslash"),
         validation = kube::core::Rule::new("!self.matches('(^|/)[.][.]?(/|$)')").message("path must not contain '.' or '..' segments"),
         validation = kube::core::Rule::new("!self.contains('//') && !self.endsWith('/')").message("path must not contain empty segments"),
-        validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f]')").message("path must not contain control characters"),
+        validation = kube::core::Rule::new("!self.matches('[\\\\x00-\\\\x1f\\\\x7f-\\\\x9f]')").message("path must not contain control characters"),
+        validation = kube::core::Rule::new("!self.matches('\\\\p{Cf}')").message("path must not contain invisible format characters (Unicode category Cf, such as the bidirectional control U+202E or the zero-width space U+200B)"),
         validation = kube::core::Rule::new("!self.matches('^[A-Za-z]:')").message("path must not start with a drive letter"),
     )]
     pub path: String,

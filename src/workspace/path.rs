@@ -9,7 +9,12 @@
 //! - segments separated by `/`, each non-empty, not `.` or `..`, at most [`MAX_SEGMENT_BYTES`]
 //!   bytes;
 //! - no NUL, no backslash (a separator on Windows, so `a\..\x` would climb out there), no
-//!   Unicode control character (category Cc: C0, DEL and C1);
+//!   Unicode control character (category Cc: C0, DEL and C1), no Unicode format character
+//!   (category Cf: the bidirectional controls U+202A–U+202E and U+2066–U+2069, zero-width
+//!   characters such as U+200B–U+200D, the byte-order mark U+FEFF, soft hyphens, …). These
+//!   are invisible or reorder what is shown: `invoice\u{202E}fdp.exe` displays as
+//!   `invoiceexe.pdf`, so a person reviewing a listing or an archive would see another name
+//!   than the one stored;
 //! - no `:` anywhere: in the first segment it is a drive prefix (`C:x` is drive-relative on
 //!   Windows), elsewhere it names an NTFS alternate data stream (`a.txt:hidden`). Refusing it
 //!   everywhere is simpler to explain than refusing it in some positions;
@@ -60,6 +65,13 @@ pub enum PathError {
     /// The path contains a control character other than NUL.
     #[error("path contains the control character U+{code:04X}")]
     ControlChar { code: u32 },
+    /// The path contains an invisible format character (Unicode category Cf), such as a
+    /// bidirectional control that makes the name display differently from what it is.
+    #[error(
+        "path contains the invisible format character U+{code:04X} (bidirectional controls, \
+         zero-width characters and other Unicode format characters are not allowed)"
+    )]
+    FormatChar { code: u32 },
     /// A segment is empty: a doubled or trailing `/`.
     #[error("segment {index} is empty (a doubled or trailing '/')")]
     EmptySegment { index: usize },
@@ -145,6 +157,7 @@ fn validate(path: &str) -> Result<(), PathError> {
             '\\' => return Err(PathError::Backslash),
             ':' => return Err(PathError::Colon),
             c if c.is_control() => return Err(PathError::ControlChar { code: c as u32 }),
+            c if is_format(c) => return Err(PathError::FormatChar { code: c as u32 }),
             _ => {}
         }
     }
@@ -166,6 +179,14 @@ fn validate(path: &str) -> Result<(), PathError> {
         }
     }
     Ok(())
+}
+
+/// Whether `c` is a Unicode format character (general category Cf).
+fn is_format(c: char) -> bool {
+    // ASCII has none; skip the table lookup for the common case.
+    !c.is_ascii()
+        && unicode_general_category::get_general_category(c)
+            == unicode_general_category::GeneralCategory::Format
 }
 
 impl fmt::Display for JobPath {
@@ -237,6 +258,23 @@ mod tests {
             ("a\x1bb", PathError::ControlChar { code: 0x1b }),
             ("a\x7fb", PathError::ControlChar { code: 0x7f }),
             ("a\u{85}b", PathError::ControlChar { code: 0x85 }),
+            // Format characters (Cf): bidirectional overrides, embeddings and isolates,
+            // zero-width characters, the byte-order mark, soft hyphen, Arabic number sign.
+            (
+                "invoice\u{202E}fdp.exe",
+                PathError::FormatChar { code: 0x202E },
+            ),
+            ("a\u{202A}b", PathError::FormatChar { code: 0x202A }),
+            ("a\u{200B}b", PathError::FormatChar { code: 0x200B }),
+            ("a\u{200D}b", PathError::FormatChar { code: 0x200D }),
+            ("a\u{2066}b", PathError::FormatChar { code: 0x2066 }),
+            ("a\u{2067}b", PathError::FormatChar { code: 0x2067 }),
+            ("a\u{2068}b", PathError::FormatChar { code: 0x2068 }),
+            ("dir/a\u{2069}b", PathError::FormatChar { code: 0x2069 }),
+            ("\u{FEFF}a", PathError::FormatChar { code: 0xFEFF }),
+            ("a\u{AD}b", PathError::FormatChar { code: 0xAD }),
+            ("a\u{600}b", PathError::FormatChar { code: 0x600 }),
+            ("a\u{E0001}b", PathError::FormatChar { code: 0xE0001 }),
             (".", PathError::DotSegment { index: 1 }),
             ("./a", PathError::DotSegment { index: 1 }),
             ("a/./b", PathError::DotSegment { index: 2 }),
