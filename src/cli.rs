@@ -180,6 +180,16 @@ pub struct RunArgs {
     #[arg(long, env = "KILN_EXPIRY_WARNING")]
     pub expiry_warning: Option<String>,
 
+    /// A Draft's retention when its spec sets none (`spec.retention`), as a duration.
+    #[arg(long, env = "KILN_DEFAULT_DRAFT_RETENTION", default_value = "720h",
+          value_parser = parse_ttl_flag)]
+    pub default_draft_retention: String,
+
+    /// A Job's TTL when its spec sets none (`spec.ttl`), as a duration.
+    #[arg(long, env = "KILN_DEFAULT_JOB_TTL", default_value = "48h",
+          value_parser = parse_ttl_flag)]
+    pub default_job_ttl: String,
+
     /// Shortest time between two rollouts of a workload following a ProviderConfig.
     #[arg(long, env = "KILN_ROLLOUT_DEBOUNCE", default_value = "30s")]
     pub rollout_debounce: String,
@@ -210,6 +220,14 @@ pub struct RunArgs {
     pub object_store: Option<String>,
 }
 
+/// Accepts a duration only if Kiln would accept it as a TTL in a spec, and keeps the text as
+/// written: status reports the effective TTL as the user would have written it.
+fn parse_ttl_flag(text: &str) -> Result<String, String> {
+    crate::duration::parse_ttl(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +246,25 @@ mod tests {
         assert_eq!(run_args(&["--concurrency=4"]).expect("4").concurrency, 4);
         let zero = run_args(&["--concurrency=0"]).expect_err("0 must be refused");
         assert_eq!(zero.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn default_ttls_are_durations_kiln_accepts() {
+        let defaults = run_args(&[]).expect("defaults");
+        assert_eq!(defaults.default_draft_retention, "720h");
+        assert_eq!(defaults.default_job_ttl, "48h");
+        let set =
+            run_args(&["--default-draft-retention=24h", "--default-job-ttl=1h30m"]).expect("set");
+        assert_eq!(set.default_draft_retention, "24h");
+        assert_eq!(set.default_job_ttl, "1h30m");
+        for bad in [
+            "--default-job-ttl=0s",
+            "--default-job-ttl=2 days",
+            "--default-draft-retention=",
+        ] {
+            let err = run_args(&[bad]).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        }
     }
 
     #[test]

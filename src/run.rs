@@ -36,6 +36,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ),
             None => crate::expiry::WarningPolicy::default(),
         },
+        default_draft_retention: args.default_draft_retention.clone(),
+        default_job_ttl: args.default_job_ttl.clone(),
         rollout_debounce: parse_duration("--rollout-debounce", &args.rollout_debounce)?,
         workspace_dir: args.workspace_dir.clone(),
         concurrency: args.concurrency,

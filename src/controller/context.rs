@@ -20,6 +20,10 @@ pub struct Settings {
     pub resync: Duration,
     /// When `ExpiringSoon` appears.
     pub expiry_warning: crate::expiry::WarningPolicy,
+    /// A Draft's retention when its spec sets none (`--default-draft-retention`).
+    pub default_draft_retention: String,
+    /// A Job's TTL when its spec sets none (`--default-job-ttl`).
+    pub default_job_ttl: String,
     /// Shortest time between two rollouts of a workload following a ProviderConfig.
     pub rollout_debounce: Duration,
     /// Root of the job workspace (the pod's emptyDir).

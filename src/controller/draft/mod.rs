@@ -41,8 +41,6 @@ const KIND: &str = "Draft";
 const CONTESTED_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 /// How soon a reconcile that found its cached copy stale runs again.
 const STALE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
-/// Kiln's default `retention`.
-pub const DEFAULT_RETENTION: &str = "720h";
 
 pub fn start(
     ctx: Arc<Context>,
@@ -133,7 +131,7 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>) -> Result<Action> {
     let life = lifecycle::compute(
         &draft.metadata,
         draft.spec.retention.as_deref(),
-        DEFAULT_RETENTION,
+        &ctx.settings.default_draft_retention,
         draft.spec.expiration,
         true,
         Remembered {

@@ -35,8 +35,6 @@ use status::Observed;
 
 const NAME: &str = "job";
 const KIND: &str = "Job";
-/// Kiln's default `ttl`.
-pub const DEFAULT_TTL: &str = "48h";
 /// Removes the job's files and archive before the Job object goes away.
 pub const FINALIZER: &str = "kiln.dev/workspace";
 /// How soon a job waiting for a referenced ConfigMap or Secret (to exist, or to opt in) looks
@@ -130,7 +128,7 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
     let life = lifecycle::compute(
         &job.metadata,
         job.spec.ttl.as_deref(),
-        DEFAULT_TTL,
+        &ctx.settings.default_job_ttl,
         job.spec.expiration,
         false,
         Remembered {
