@@ -172,6 +172,28 @@ pub fn expires_at(start: Timestamp, ttl: SignedDuration) -> Timestamp {
     }
 }
 
+/// The earlier of two deadlines: the TTL clock's (`expiresAt` from [`expires_at`] and its
+/// TTL) and, once a job has finished, the one counted from its finish (`finished_at` +
+/// `ttlAfterFinished`). Returns the winning expiry, the TTL that produced it (whose share
+/// gives the `ExpiringSoon` lead time) and whether the deadline from the finish won. On a tie
+/// the TTL clock wins.
+pub fn earliest_expiry(
+    by_clock: (Timestamp, SignedDuration),
+    after_finish: Option<(Timestamp, SignedDuration)>,
+) -> (Timestamp, SignedDuration, bool) {
+    match after_finish {
+        Some((finished_at, ttl)) => {
+            let at = expires_at(finished_at, ttl);
+            if at < by_clock.0 {
+                (at, ttl, true)
+            } else {
+                (by_clock.0, by_clock.1, false)
+            }
+        }
+        None => (by_clock.0, by_clock.1, false),
+    }
+}
+
 /// How long before expiry the `ExpiringSoon` condition and Event appear. Operator-wide.
 ///
 /// The lead time is `fraction × TTL`, at most `max`, and never more than the TTL itself.
@@ -305,7 +327,8 @@ pub fn lag(now: Timestamp, expires_at: Timestamp) -> f64 {
     now.duration_since(expires_at).as_secs_f64().max(0.0)
 }
 
-fn floor_second(t: Timestamp) -> Timestamp {
+/// `t` truncated to the whole second, as `metav1.Time` stores it.
+pub fn floor_second(t: Timestamp) -> Timestamp {
     t.round(
         TimestampRound::new()
             .smallest(Unit::Second)
@@ -331,6 +354,36 @@ mod tests {
 
     const fn hours(h: i64) -> SignedDuration {
         SignedDuration::from_hours(h)
+    }
+
+    #[test]
+    fn the_earlier_of_the_ttl_and_the_ttl_after_finished_wins() {
+        let created = at(0);
+        let by_clock = (expires_at(created, hours(48)), hours(48));
+        // Not finished: only the TTL.
+        assert_eq!(
+            earliest_expiry(by_clock, None),
+            (at(48 * 3600), hours(48), false)
+        );
+        // Finished early with a short TTL after finishing: that deadline wins.
+        assert_eq!(
+            earliest_expiry(by_clock, Some((at(3600), hours(1)))),
+            (at(2 * 3600), hours(1), true)
+        );
+        // Finished late: the TTL from creation still comes first.
+        assert_eq!(
+            earliest_expiry(by_clock, Some((at(47 * 3600), hours(2)))),
+            (at(48 * 3600), hours(48), false)
+        );
+        // A tie goes to the TTL clock.
+        assert_eq!(
+            earliest_expiry(by_clock, Some((at(46 * 3600), hours(2)))),
+            (at(48 * 3600), hours(48), false)
+        );
+        // Sub-second TTLs round up, as expiresAt always does.
+        let (when, _, won) =
+            earliest_expiry(by_clock, Some((at(10), SignedDuration::from_millis(1500))));
+        assert_eq!((when, won), (at(12), true));
     }
 
     fn meta(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {

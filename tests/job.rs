@@ -27,10 +27,15 @@ struct World {
 }
 
 async fn world(prefix: &str) -> World {
+    world_with(prefix, &[]).await
+}
+
+/// A world whose operator runs with `args` besides the usual ones.
+async fn world_with(prefix: &str, args: &[&str]) -> World {
     let cp = control_plane();
     let client = cp.client().await;
     let ns = namespace(&client, prefix).await;
-    let op = Operator::start(cp, OperatorOptions::namespace(&ns)).await;
+    let op = Operator::start(cp, OperatorOptions::namespace(&ns).with_args(args)).await;
     World {
         jobs: Api::namespaced(client.clone(), &ns),
         client,
@@ -362,6 +367,54 @@ async fn ttl_deletes_the_job_its_files_and_archive() {
     .await;
     assert!(!dir.exists(), "files removed with the job");
     assert!(!archive.exists(), "archive removed with the job");
+}
+
+/// `ttlAfterFinished` counts from the finish; the earlier deadline wins. The operator's
+/// `--default-job-ttl` is the TTL of a job that sets none, and status shows it.
+#[tokio::test]
+async fn ttl_after_finished_expires_a_finished_job_before_its_ttl() {
+    let w = world_with("j-after", &["--default-job-ttl=2h"]).await;
+    let spec = |complete: bool| json!({"projectName": "p", "ttlAfterFinished": "3s", "files": [{"path": "a", "content": "A"}], "complete": complete});
+    w.create(&job("done", spec(false))).await;
+    w.create(&job("busy", spec(false))).await;
+    for name in ["done", "busy"] {
+        let j = w
+            .wait(name, "Generating", |j| {
+                phase(j) == Some(JobPhase::Generating)
+            })
+            .await;
+        let s = j.status.as_ref().expect("status");
+        assert_eq!(s.ttl.as_deref(), Some("2h"), "the operator's default TTL");
+        assert!(s.finished_time.is_none(), "not finished: {s:?}");
+        let created = j.metadata.creation_timestamp.as_ref().expect("created").0;
+        let expires = s.expires_at.as_ref().expect("expiresAt").0;
+        assert_eq!(
+            expires.duration_since(created).as_secs(),
+            2 * 3600,
+            "a job still generating lives its TTL"
+        );
+    }
+
+    w.patch("done", json!({"spec": {"complete": true}})).await;
+    let j = w
+        .wait("done", "Complete, expiring 3s after its finish", |j| {
+            let s = j.status.as_ref();
+            let finished = s.and_then(|s| s.finished_time.as_ref());
+            let expires = s.and_then(|s| s.expires_at.as_ref());
+            phase(j) == Some(JobPhase::Complete)
+                && matches!((finished, expires), (Some(f), Some(e)) if e.0.duration_since(f.0).as_secs() == 3)
+        })
+        .await;
+    let dir = w.files_dir(&j);
+    eventually(
+        Duration::from_secs(20),
+        "the finished job deleted",
+        || async { w.jobs.get_opt("done").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    assert!(!dir.exists(), "files removed with the job");
+    let busy = w.jobs.get("busy").await.expect("the unfinished job stays");
+    assert_eq!(phase(&busy), Some(JobPhase::Generating));
 }
 
 #[tokio::test]

@@ -72,6 +72,13 @@ pub struct KilnJobSpec {
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
     pub ttl: Option<String>,
 
+    /// How long the job lives after it finished (`Complete` or `Failed`), such as `1h`. The job
+    /// expires at whichever comes first: `ttl` after creation (or renewal), or this after its
+    /// finish. Unset: only `ttl` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"), length(max = 32))]
+    pub ttl_after_finished: Option<String>,
+
     /// What happens when the TTL runs out: `Delete` (default) or `MarkExpired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration: Option<Expiration>,
@@ -258,6 +265,10 @@ pub struct KilnJobStatus {
     /// The expiration policy in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration: Option<Expiration>,
+    /// When the job first finished (`Complete` or `Failed`); cleared when it goes back to
+    /// `Generating`. `spec.ttlAfterFinished` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_time: Option<Time>,
     /// When the TTL clock started: creation, or the last renewal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_start_time: Option<Time>,

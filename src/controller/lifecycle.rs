@@ -25,6 +25,11 @@ use crate::expiry::{self, ClockInput, ExpiryState, WarningPolicy};
 pub struct Lifecycle {
     /// The TTL in effect, as shown in status.
     pub ttl_text: String,
+    /// Its value.
+    pub ttl: SignedDuration,
+    /// `ttlAfterFinished`, when the deadline counted from the job's finish is the earlier one
+    /// and so the one `expires_at` shows.
+    pub after_finished: Option<String>,
     pub ttl_start: Timestamp,
     pub observed_renew: Option<String>,
     pub expires_at: Timestamp,
@@ -74,6 +79,8 @@ pub fn compute(
     let expires_at = expiry::expires_at(ttl_start, ttl_value);
     Ok(Lifecycle {
         ttl_text,
+        ttl: ttl_value,
+        after_finished: None,
         ttl_start,
         observed_renew: renew.map(str::to_string),
         expires_at,
@@ -83,6 +90,44 @@ pub fn compute(
 }
 
 impl Lifecycle {
+    /// Adds a job's second deadline: `ttl_after_finished` counted from `finished_at` (the
+    /// first time the job was seen `Complete` or `Failed`). The earlier deadline wins; without
+    /// a finish time or without the setting, nothing changes. An unusable duration (`0s`) is
+    /// an error string for the status, as for the TTL.
+    pub fn with_finish(
+        self,
+        finished_at: Option<Timestamp>,
+        ttl_after_finished: Option<&str>,
+        policy: &WarningPolicy,
+        now: Timestamp,
+    ) -> std::result::Result<Lifecycle, String> {
+        let Some(text) = ttl_after_finished else {
+            return Ok(self);
+        };
+        let after: SignedDuration = duration::parse_ttl(text).map_err(|e| e.to_string())?;
+        let Some(finished_at) = finished_at else {
+            return Ok(self);
+        };
+        let (expires_at, ttl, finish_won) =
+            expiry::earliest_expiry((self.expires_at, self.ttl), Some((finished_at, after)));
+        if !finish_won {
+            return Ok(self);
+        }
+        Ok(Lifecycle {
+            after_finished: Some(text.to_string()),
+            expires_at,
+            state: expiry::evaluate(now, expires_at, ttl, policy),
+            ..self
+        })
+    }
+
+    /// The clock that runs out first, for messages: `ttl 48h`, `ttlAfterFinished 1h`.
+    pub fn clock_text(&self, clock: &str) -> String {
+        match &self.after_finished {
+            Some(after) => format!("ttlAfterFinished {after}"),
+            None => format!("{clock} {}", self.ttl_text),
+        }
+    }
     /// When the next reconcile must happen for expiry, capped by `resync`.
     pub fn requeue_after(&self, now: Timestamp, resync: Duration) -> Duration {
         match self.state.requeue_at() {
@@ -153,8 +198,9 @@ where
             let lag = life.lag_seconds(now);
             ctx.metrics.expired(who.controller, who.kind, lag);
             let note = format!(
-                "{} {} ran out; {} deleted",
-                who.clock, life.ttl_text, who.controller
+                "{} ran out; {} deleted",
+                life.clock_text(who.clock),
+                who.controller
             );
             ctx.event(obj, EventType::Normal, "Expired", "Delete", note)
                 .await;
@@ -183,7 +229,7 @@ pub async fn announce_marked_expired<K>(
     }
     ctx.metrics
         .expired(who.controller, who.kind, life.lag_seconds(now));
-    let note = format!("{} {} ran out; {kept}", who.clock, life.ttl_text);
+    let note = format!("{} ran out; {kept}", life.clock_text(who.clock));
     ctx.event(obj, EventType::Normal, "Expired", "MarkExpired", note)
         .await;
 }
@@ -214,4 +260,92 @@ pub fn expired_conditions(message: String) -> Vec<crate::conditions::Desired> {
         Desired::new(RECONCILING, false, "Reconciled", ""),
         Desired::new(STALLED, false, "Reconciled", ""),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).expect("timestamp")
+    }
+
+    fn job_life(ttl: &str, now: Timestamp) -> Lifecycle {
+        let meta = ObjectMeta {
+            creation_timestamp: Some(Time(at(0))),
+            generation: Some(1),
+            ..ObjectMeta::default()
+        };
+        let remembered = Remembered {
+            ttl_start: None,
+            observed_renew: None,
+            observed_generation: None,
+        };
+        compute(
+            &meta,
+            Some(ttl),
+            "48h",
+            None,
+            false,
+            remembered,
+            &WarningPolicy::default(),
+            now,
+        )
+        .expect("valid ttl")
+    }
+
+    #[test]
+    fn ttl_after_finished_shortens_the_life_of_a_finished_job() {
+        let policy = WarningPolicy::default();
+        let now = at(2 * 3600);
+        let life = job_life("48h", now);
+        assert_eq!(life.expires_at, at(48 * 3600));
+
+        // Not finished yet, or no ttlAfterFinished: unchanged.
+        let same = life.clone().with_finish(None, Some("1h"), &policy, now);
+        assert_eq!(same.as_ref(), Ok(&life));
+        let same = life.clone().with_finish(Some(at(3600)), None, &policy, now);
+        assert_eq!(same.as_ref(), Ok(&life));
+
+        // Finished at 1h with 1h after finishing: expires at 2h, which is now.
+        let short = life
+            .clone()
+            .with_finish(Some(at(3600)), Some("1h"), &policy, now)
+            .expect("valid");
+        assert_eq!(short.expires_at, at(2 * 3600));
+        assert_eq!(short.state, ExpiryState::Expired);
+        assert_eq!(short.clock_text("ttl"), "ttlAfterFinished 1h");
+        assert_eq!(
+            short.ttl_text, "48h",
+            "status still shows the TTL in effect"
+        );
+
+        // Ten minutes before: ExpiringSoon with 10% of the winning (1h) TTL as the lead.
+        let before = job_life("48h", at(2 * 3600 - 300))
+            .with_finish(Some(at(3600)), Some("1h"), &policy, at(2 * 3600 - 300))
+            .expect("valid");
+        assert_eq!(
+            before.state,
+            ExpiryState::ExpiringSoon {
+                requeue_at: at(2 * 3600)
+            }
+        );
+
+        // A long ttlAfterFinished never extends the TTL from creation.
+        let long = life
+            .clone()
+            .with_finish(Some(at(3600)), Some("100h"), &policy, now)
+            .expect("valid");
+        assert_eq!(long.expires_at, at(48 * 3600));
+        assert_eq!(long.clock_text("ttl"), "ttl 48h");
+    }
+
+    #[test]
+    fn an_unusable_ttl_after_finished_is_an_error_even_before_the_finish() {
+        let life = job_life("48h", at(0));
+        let err = life
+            .with_finish(None, Some("0s"), &WarningPolicy::default(), at(0))
+            .expect_err("0s");
+        assert!(!err.is_empty());
+    }
 }

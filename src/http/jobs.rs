@@ -186,6 +186,7 @@ mod tests {
                 complete: None,
                 failure: None,
                 ttl: None,
+                ttl_after_finished: None,
                 expiration: None,
             },
         );

@@ -138,7 +138,17 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
         },
         &ctx.settings.expiry_warning,
         now,
-    );
+    )
+    .map_err(|m| format!("spec.ttl: {m}"))
+    .and_then(|life| {
+        life.with_finish(
+            current.finished_time.as_ref().map(|t| t.0),
+            job.spec.ttl_after_finished.as_deref(),
+            &ctx.settings.expiry_warning,
+            now,
+        )
+        .map_err(|m| format!("spec.ttlAfterFinished: {m}"))
+    });
     let life = match life {
         Ok(life) => life,
         Err(message) => {

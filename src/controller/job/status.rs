@@ -123,6 +123,7 @@ pub fn build(
         None => remove.push(WORKSPACE_LOST),
     }
     status.phase = Some(phase);
+    status.finished_time = finished_time(current, phase, now);
     status.conditions = merge(
         &current.conditions,
         &desired,
@@ -163,6 +164,22 @@ fn preview(paths: &[String]) -> String {
     s
 }
 
+/// When the job finished: kept from the status once recorded (so `ttlAfterFinished` counts
+/// from the first finish, and the status does not change on every pass), set to `now` on the
+/// pass that first sees it `Complete` or `Failed`, cleared when it is `Generating` again.
+pub fn finished_time(current: &KilnJobStatus, phase: JobPhase, now: Timestamp) -> Option<Time> {
+    match phase {
+        JobPhase::Complete | JobPhase::Failed => Some(
+            current
+                .finished_time
+                .clone()
+                .unwrap_or_else(|| Time(crate::expiry::floor_second(now))),
+        ),
+        JobPhase::Generating => None,
+        JobPhase::Expired => current.finished_time.clone(),
+    }
+}
+
 fn apply_lifecycle(status: &mut KilnJobStatus, life: &Lifecycle) {
     status.ttl = Some(life.ttl_text.clone());
     status.expiration = Some(life.expiration);
@@ -186,8 +203,9 @@ pub fn expired(
     status.total_size_bytes = Some(0);
     status.archive = None;
     let message = format!(
-        "ttl {} ran out at {}; files and archive deleted, the Job is kept",
-        life.ttl_text, life.expires_at
+        "{} ran out at {}; files and archive deleted, the Job is kept",
+        life.clock_text("ttl"),
+        life.expires_at
     );
     status.message = Some(message.clone());
     status.conditions = merge(
@@ -209,7 +227,7 @@ pub fn bad_ttl(
 ) -> KilnJobStatus {
     let mut status = current.clone();
     status.observed_generation = job.metadata.generation;
-    let message = format!("spec.ttl: {message}");
+    let message = message.to_string();
     status.message = Some(message.clone());
     status.conditions = merge(
         &current.conditions,
@@ -223,4 +241,33 @@ pub fn bad_ttl(
         now,
     );
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_finish_is_recorded_once_and_forgotten_when_generating_again() {
+        let at = |s: i64| Timestamp::from_second(s).expect("timestamp");
+        let now = Timestamp::new(100, 600_000_000).expect("timestamp");
+        let fresh = KilnJobStatus::default();
+        for phase in [JobPhase::Complete, JobPhase::Failed] {
+            assert_eq!(finished_time(&fresh, phase, now), Some(Time(at(100))));
+        }
+        assert_eq!(finished_time(&fresh, JobPhase::Generating, now), None);
+        let finished = KilnJobStatus {
+            finished_time: Some(Time(at(50))),
+            ..KilnJobStatus::default()
+        };
+        assert_eq!(
+            finished_time(&finished, JobPhase::Complete, now),
+            Some(Time(at(50)))
+        );
+        assert_eq!(
+            finished_time(&finished, JobPhase::Expired, now),
+            Some(Time(at(50)))
+        );
+        assert_eq!(finished_time(&finished, JobPhase::Generating, now), None);
+    }
 }
