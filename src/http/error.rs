@@ -1,6 +1,6 @@
 //! The file API's one error type and its JSON shape: `{"error": {"code", "message", "details"}}`.
 //!
-//! The codes are an API (DESIGN.md §1.2): `validation_error` (400), `unauthorized` (401),
+//! The codes are an API (docs/http-api.md, "Errors"): `validation_error` (400), `unauthorized` (401),
 //! `forbidden` (403), `not_found` (404), `conflict` (409), `payload_too_large` (413),
 //! `unavailable` (503: the object store behind the workspace did not answer; nothing was
 //! stored; retry), `internal_error` (500). Internal errors are logged with their detail and answered with a

@@ -1,4 +1,4 @@
-//! The Job file API (DESIGN.md §1.2): write, batch write, list, read, delete, download, stats.
+//! The Job file API: write, batch write, list, read, delete, download, stats.
 //! `docs/http-api.md` is its reference.
 //!
 //! Every handler admits the request before anything else, in this order: the bearer token
