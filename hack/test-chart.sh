@@ -378,6 +378,8 @@ if scenario == "default":
             "KILN_MAX_JOB_BYTES": str(100 * 2**20),
             "KILN_MAX_FILES_PER_JOB": "10000",
             "KILN_MAX_WORKSPACE_BYTES": str(2 * 2**30 * 9 // 10),
+            "KILN_DEFAULT_DRAFT_RETENTION": "720h",
+            "KILN_DEFAULT_JOB_TTL": "48h",
             "KILN_ROLLOUT_DEBOUNCE": "30s",
             "KILN_RESYNC": "10m",
             "KILN_CONCURRENCY": "16",
@@ -470,6 +472,8 @@ elif scenario == "namespaced":
             "KILN_MAX_FILES_PER_JOB": "50000",
             "KILN_MAX_WORKSPACE_BYTES": str(8 * 2**30),
             "KILN_ROLLOUT_DEBOUNCE": "1m",
+            "KILN_DEFAULT_DRAFT_RETENTION": "168h",
+            "KILN_DEFAULT_JOB_TTL": "12h",
             "KILN_EXPIRY_WARNING": "2h",
             "KILN_RESYNC": "5m",
             "KILN_TLS_CERT": "/etc/kiln/tls/tls.crt",
@@ -716,6 +720,8 @@ must_fail "schema rejects a malformed size (limits.maxFileBytes: 10MB)" "$schema
   render "$work/x.yaml" kiln kiln-system -f "$(bad size $'limits:\n  maxFileBytes: 10MB')"
 must_fail "schema rejects a malformed duration (rolloutDebounce: 30 seconds)" "$schema_error" \
   render "$work/x.yaml" kiln kiln-system -f "$(bad duration 'rolloutDebounce: 30 seconds')"
+must_fail "schema rejects a malformed default TTL (defaultJobTtl: 2 days)" "$schema_error" \
+  render "$work/x.yaml" kiln kiln-system -f "$(bad default-ttl 'defaultJobTtl: 2 days')"
 must_fail "a workspace budget above the emptyDir sizeLimit is refused" "must not exceed workspace.sizeLimit" \
   render "$work/x.yaml" kiln kiln-system --set limits.maxWorkspaceBytes=3Gi
 must_fail "more than one replica without leader election is refused" "needs leaderElection.enabled" \
