@@ -195,6 +195,7 @@ AUTH = expand([
 EDIT = expand([
     ("kiln.dev", KINDS, ["create", "update", "patch", "delete", "get", "list", "watch"], []),
     ("kiln.dev", ["jobs/files"], ["get", "list", "create", "update", "delete"], []),
+    ("kiln.dev", ["providerconfigs/usage"], ["create"], []),
 ])
 VIEW = expand([
     ("kiln.dev", KINDS, ["get", "list", "watch"], []),
@@ -381,6 +382,7 @@ if scenario == "default":
             "KILN_DEFAULT_DRAFT_RETENTION": "720h",
             "KILN_DEFAULT_JOB_TTL": "48h",
             "KILN_ROLLOUT_DEBOUNCE": "30s",
+            "KILN_USAGE_FLUSH": "60s",
             "KILN_RESYNC": "10m",
             "KILN_CONCURRENCY": "16",
             "KILN_SECRET_SOURCES_REQUIRE_OPT_IN": "true",
@@ -472,6 +474,7 @@ elif scenario == "namespaced":
             "KILN_MAX_FILES_PER_JOB": "50000",
             "KILN_MAX_WORKSPACE_BYTES": str(8 * 2**30),
             "KILN_ROLLOUT_DEBOUNCE": "1m",
+            "KILN_USAGE_FLUSH": "2m",
             "KILN_DEFAULT_DRAFT_RETENTION": "168h",
             "KILN_DEFAULT_JOB_TTL": "12h",
             "KILN_EXPIRY_WARNING": "2h",

@@ -194,6 +194,11 @@ pub struct RunArgs {
     #[arg(long, env = "KILN_ROLLOUT_DEBOUNCE", default_value = "30s")]
     pub rollout_debounce: String,
 
+    /// How often reported key uses (`POST .../providerconfigs/{name}/usage`) are written to
+    /// the ProviderConfig's status: at most one status write per ProviderConfig per interval.
+    #[arg(long, env = "KILN_USAGE_FLUSH", default_value = "60s")]
+    pub usage_flush: String,
+
     /// How often every object is reconciled again even without a change.
     #[arg(long, env = "KILN_RESYNC", default_value = "10m")]
     pub resync: String,

@@ -39,6 +39,14 @@ pub struct WorkloadLabels {
     pub kind: String,
 }
 
+/// One API key of one ProviderConfig.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub namespace: String,
+    pub provider_config: String,
+    pub key: String,
+}
+
 /// Counts one controller's cache, at scrape time.
 type CountFn = Box<dyn Fn() -> i64 + Send + Sync>;
 
@@ -77,6 +85,8 @@ pub struct Metrics {
     pub provider_key_rotations: Counter,
     /// Workloads rolled out because a followed ProviderConfig's credentials changed.
     pub provider_rollouts: Family<WorkloadLabels, Counter>,
+    /// Key uses reported by clients (`POST .../providerconfigs/{name}/usage`).
+    pub provider_key_uses: Family<KeyLabels, Counter>,
     /// ProviderConfigs that claim the default of their type and are not the effective one.
     pub provider_default_conflicts: Gauge,
     /// Where `provider_default_conflicts` comes from: each ProviderConfig controller's cache
@@ -159,6 +169,12 @@ impl Metrics {
             "Workloads rolled out because a followed ProviderConfig's credentials changed",
             provider_rollouts.clone(),
         );
+        let provider_key_uses = Family::<KeyLabels, Counter>::default();
+        registry.register(
+            "provider_key_uses",
+            "Uses of a ProviderConfig's API key reported by clients",
+            provider_key_uses.clone(),
+        );
         let provider_default_conflicts = Gauge::default();
         registry.register(
             "provider_default_conflicts",
@@ -216,6 +232,7 @@ impl Metrics {
             expiry_lag,
             provider_key_rotations,
             provider_rollouts,
+            provider_key_uses,
             provider_default_conflicts,
             provider_conflict_sources: Mutex::new(Vec::new()),
             encode_lock: Mutex::new(()),
@@ -354,6 +371,17 @@ impl Metrics {
     pub fn transition(&self, kind: &'static str, reason: &'static str) {
         self.transitions
             .get_or_create(&EventLabels { kind, reason })
+            .inc();
+    }
+
+    /// Counts one reported use of a ProviderConfig's key.
+    pub fn provider_key_used(&self, namespace: &str, provider_config: &str, key: &str) {
+        self.provider_key_uses
+            .get_or_create(&KeyLabels {
+                namespace: namespace.to_owned(),
+                provider_config: provider_config.to_owned(),
+                key: key.to_owned(),
+            })
             .inc();
     }
 

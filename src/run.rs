@@ -12,6 +12,8 @@ use tracing::{error, info};
 
 use crate::api::{Draft, KilnJob, ProviderConfig};
 use crate::cli::RunArgs;
+use crate::controller::nudge::Nudge;
+use crate::controller::provider_config::usage::KeyUsage;
 use crate::controller::{self, Context, Settings};
 use crate::http::{self, AppState, Health, Tls};
 use crate::leader::{self, Election};
@@ -61,20 +63,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let workspace = Arc::new(workspace);
-    let job_nudge = crate::controller::nudge::Nudge::default();
+    let job_nudge = Nudge::default();
     let metrics = Arc::new(Metrics::new());
     metrics.watch_workspace(workspace.clone());
     let health = Health::default();
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
 
+    let auth = Arc::new(http::auth::Auth::new(client.clone()));
+    let key_usage = Arc::new(KeyUsage::new(Nudge::default()));
+    let usage_flush = parse_duration("--usage-flush", &args.usage_flush)?;
+    {
+        let (key_usage, shutdown) = (key_usage.clone(), shutdown.clone());
+        tokio::spawn(async move { key_usage.run(usage_flush, shutdown).await });
+    }
     let state = AppState {
         health: health.clone(),
         metrics: metrics.clone(),
         files: Arc::new(http::FileApi::new(
             client.clone(),
+            auth.clone(),
             workspace.clone(),
             job_nudge.clone(),
+            &args.namespaces,
+        )),
+        usage: Arc::new(http::usage::UsageApi::new(
+            client.clone(),
+            auth,
+            key_usage.clone(),
+            metrics.clone(),
             &args.namespaces,
         )),
     };
@@ -143,6 +160,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(identity),
         workspace,
         job_nudge,
+        key_usage,
     ));
     let (probes, tasks) = controller::start(ctx.clone(), shutdown.clone());
     let synced = health.clone();

@@ -19,7 +19,9 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::{Operator, OperatorOptions, control_plane, eventually, namespace};
+use support::{
+    Grant, HttpBody, Operator, OperatorOptions, control_plane, eventually, http_request, namespace,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -1055,4 +1057,154 @@ async fn memory_stays_flat_next_to_many_unrelated_secrets() {
         mib(hwm0),
         mib(hwm2)
     );
+}
+
+/// `POST .../providerconfigs/{name}/usage` from a service account with `create` on
+/// `providerconfigs/usage`: refusals first, then a thousand reports of one key, which reach
+/// `status.keys[].lastUsedTime` in at most one status write per flush interval.
+#[tokio::test]
+async fn key_usage_reports_are_coalesced_into_few_status_writes() {
+    const FLUSH_SECS: u64 = 3;
+    let w = World::with("pc-usage", |o| {
+        o.extra_args.push(format!("--usage-flush={FLUSH_SECS}s"));
+    })
+    .await;
+    let cp = control_plane();
+    w.put_secret("keys", &[("primary", "value-a"), ("backup", "value-b")])
+        .await;
+    w.put_pc(
+        "llm",
+        spec_with_keys(json!([
+            key("primary", "keys", "primary"),
+            key("backup", "keys", "backup")
+        ])),
+    )
+    .await;
+    let ready = w
+        .wait_pc("llm", "Ready", |pc| condition(pc, "Ready") == Some("True"))
+        .await;
+    let reporter = cp
+        .service_account(
+            &w.ns,
+            "reporter",
+            Some(Grant {
+                rules: json!([{"apiGroups": ["kiln.dev"], "resources": ["providerconfigs/usage"],
+                               "verbs": ["create"]}]),
+                can_i: &["create", "providerconfigs.kiln.dev", "--subresource=usage"],
+            }),
+        )
+        .await;
+    let stranger = cp.service_account(&w.ns, "stranger", None).await;
+    let addr = w.op.http_addr;
+    let url = |name: &str| format!("/api/v1/namespaces/{}/providerconfigs/{name}/usage", w.ns);
+    let report = |token: String, target: String, body: &'static str| async move {
+        let auth = format!("Bearer {token}");
+        http_request(
+            addr,
+            "POST",
+            &target,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            HttpBody::Bytes(body.as_bytes()),
+        )
+        .await
+    };
+    let primary = r#"{"key": "primary"}"#;
+
+    // Refusals, each with the code a client can act on.
+    let r = http_request(
+        addr,
+        "POST",
+        &url("llm"),
+        &[],
+        HttpBody::Bytes(primary.as_bytes()),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = report(stranger.clone(), url("llm"), primary).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("providerconfigs/usage"), "{}", r.text());
+    let r = report(reporter.clone(), url("missing"), primary).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = report(reporter.clone(), url("llm"), r#"{"key": "nope"}"#).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"]["details"]["reason"], "KeyNotFound");
+    for bad in [
+        r#"{"key": 1}"#,
+        "not json",
+        r#"{"key": "primary", "extra": true}"#,
+        "{}",
+    ] {
+        let r = report(reporter.clone(), url("llm"), bad).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let r = report(reporter.clone(), url("Bad_Name"), primary).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // Count the ProviderConfig's writes from here on.
+    let rv = ready.resource_version().expect("resourceVersion");
+    let params = kube::api::WatchParams::default().fields("metadata.name=llm");
+    let mut events = w.pcs().watch(&params, &rv).await.expect("watch").boxed();
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = writes.clone();
+    let counter = tokio::spawn(async move {
+        while let Some(Ok(event)) = events.next().await {
+            if matches!(event, kube::api::WatchEvent::Modified(_)) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+
+    let start = Instant::now();
+    let codes: Vec<u16> = stream::iter(0..1000)
+        .map(|_| {
+            let r = report(reporter.clone(), url("llm"), primary);
+            async move { r.await.status }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let sending = start.elapsed();
+    assert!(
+        codes.iter().all(|c| *c == 202),
+        "{:?}",
+        codes.iter().find(|c| **c != 202)
+    );
+
+    let pc = w
+        .wait_pc("llm", "the reported use in status", |pc| {
+            pc.status.as_ref().is_some_and(|s| {
+                s.keys
+                    .iter()
+                    .any(|k| k.name == "primary" && k.last_used_time.is_some())
+            })
+        })
+        .await;
+    let status = pc.status.expect("status");
+    let backup = status
+        .keys
+        .iter()
+        .find(|k| k.name == "backup")
+        .expect("backup");
+    assert_eq!(backup.last_used_time, None, "only the reported key is used");
+    // One more interval: a flush of the last reports may still be due.
+    tokio::time::sleep(Duration::from_secs(FLUSH_SECS + 1)).await;
+    counter.abort();
+    let writes = writes.load(std::sync::atomic::Ordering::SeqCst);
+    let intervals = sending.as_secs() / FLUSH_SECS + 2;
+    assert!(
+        (1..=intervals as usize).contains(&writes),
+        "1,000 reports in {sending:?} made {writes} writes (at most {intervals} expected)"
+    );
+    eprintln!("1,000 usage reports in {sending:?}: {writes} ProviderConfig write(s)");
+
+    let (code, metrics) = support::http_get(addr, "/metrics").await.expect("metrics");
+    assert_eq!(code, 200);
+    let series = format!(
+        "kiln_provider_key_uses_total{{namespace=\"{}\",provider_config=\"llm\",key=\"primary\"}} 1000",
+        w.ns
+    );
+    assert!(metrics.contains(&series), "{series} not in /metrics");
 }

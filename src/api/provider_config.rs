@@ -117,6 +117,10 @@ pub struct KeyStatus {
     /// When Kiln last saw the value change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotated_time: Option<Time>,
+    /// The last use of the key that a client reported to Kiln's HTTP API
+    /// (`POST .../providerconfigs/{name}/usage`); written at most once per flush interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_time: Option<Time>,
 }
 
 /// Observed state of a ProviderConfig.

@@ -41,6 +41,8 @@ pub struct Context {
     pub workspace: std::sync::Arc<crate::workspace::Workspace>,
     /// Reconcile requests for jobs, sent by the HTTP file API after a write.
     pub job_nudge: super::nudge::Nudge<crate::api::KilnJob>,
+    /// Key uses reported to the HTTP API, for the ProviderConfig status.
+    pub key_usage: Arc<super::provider_config::usage::KeyUsage>,
     recorder: Recorder,
     /// Permits for Events being published in the background (see [`Context::event`]).
     events_in_flight: Arc<Semaphore>,
@@ -59,6 +61,7 @@ impl Context {
         instance: Option<String>,
         workspace: Arc<crate::workspace::Workspace>,
         job_nudge: super::nudge::Nudge<crate::api::KilnJob>,
+        key_usage: Arc<super::provider_config::usage::KeyUsage>,
     ) -> Self {
         let reporter = Reporter {
             controller: "kiln".into(),
@@ -70,6 +73,7 @@ impl Context {
             client,
             workspace,
             job_nudge,
+            key_usage,
             metrics,
             settings,
         }

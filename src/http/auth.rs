@@ -108,6 +108,18 @@ impl Access {
         }
     }
 
+    /// `create` on the usage of one ProviderConfig: reporting that a client used a key.
+    pub fn provider_usage(namespace: &str, name: &str) -> Self {
+        Access {
+            verb: Verb::Create,
+            group: GROUP,
+            resource: "providerconfigs",
+            subresource: Some("usage"),
+            namespace: Some(namespace.to_owned()),
+            name: Some(name.to_owned()),
+        }
+    }
+
     /// `list` on Jobs in every namespace (for the workspace-wide stats).
     pub fn list_all_jobs() -> Self {
         Access {
@@ -148,8 +160,9 @@ impl Access {
             None => self.resource.to_owned(),
         };
         let group = self.group;
+        let kind = self.resource.trim_end_matches('s');
         match (&self.namespace, &self.name) {
-            (Some(ns), Some(name)) => format!("{verb} {resource}.{group} of job {ns}/{name}"),
+            (Some(ns), Some(name)) => format!("{verb} {resource}.{group} of {kind} {ns}/{name}"),
             (Some(ns), None) => format!("{verb} {resource}.{group} in {ns}"),
             _ => format!("{verb} {resource}.{group} in all namespaces"),
         }
@@ -470,10 +483,11 @@ mod tests {
 
     #[test]
     fn cache_entries_expire() {
-        let cache = TtlCache::new(Duration::from_millis(30), 10);
+        // Generous against a loaded CI machine: the first read must come within the TTL.
+        let cache = TtlCache::new(Duration::from_millis(500), 10);
         cache.insert(1, "a");
         assert_eq!(cache.get(&1), Some("a"));
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(600));
         assert_eq!(cache.get(&1), None);
         assert_eq!(cache.len(), 0);
     }

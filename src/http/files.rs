@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, BodyDataStream, Bytes};
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +34,7 @@ use super::AppState;
 use super::auth::{Access, Auth, Caller, Verb};
 use super::error::ApiError;
 use super::jobs::{Jobs, Target, check_names};
+use super::listing::ListQuery;
 use crate::api::KilnJob;
 use crate::api::job::JobPhase;
 use crate::controller::nudge::{Nudge, Throttled};
@@ -60,7 +61,7 @@ pub struct FileApi {
     workspace: Arc<Workspace>,
     nudge: Nudge<KilnJob>,
     written: Throttled<KilnJob>,
-    auth: Auth,
+    auth: Arc<Auth>,
     jobs: Jobs,
 }
 
@@ -68,6 +69,7 @@ impl FileApi {
     /// Starts the API's Job watches (see [`Jobs`]); call from within the Tokio runtime.
     pub fn new(
         client: Client,
+        auth: Arc<Auth>,
         workspace: Arc<Workspace>,
         nudge: Nudge<KilnJob>,
         namespaces: &[String],
@@ -76,7 +78,7 @@ impl FileApi {
             workspace,
             written: Throttled::new(nudge.clone(), STATUS_WINDOW),
             nudge,
-            auth: Auth::new(client.clone()),
+            auth,
             jobs: Jobs::start(client, namespaces),
         }
     }
@@ -315,7 +317,11 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Reads a whole body of at most `limit` bytes: 413 before reading when `Content-Length`
 /// says it is larger, and as soon as it grows larger otherwise.
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Vec<u8>, ApiError> {
     let too_large = |size: u64| {
         ApiError::payload_too_large(format!(
             "the request body is {size} bytes or more, over the limit of {limit} bytes for JSON \
@@ -351,7 +357,7 @@ async fn next_chunk(stream: &mut BodyDataStream) -> Result<Option<Bytes>, ApiErr
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::validation(format!(
             "the request body is not valid JSON for this request: {e}"
@@ -561,24 +567,31 @@ pub async fn batch(
         .into_response())
 }
 
-/// `GET .../files`: every file with its size and modification time, sorted by path.
+/// `GET .../files[?limit=&continue=&prefix=]`: the files with their sizes and modification
+/// times, sorted by path, a page at a time when asked (see [`super::listing`]).
 pub async fn list(
     State(state): State<AppState>,
     p: PathParams,
+    query: Result<Query<ListQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let api = &state.files;
     let p = params(p)?;
     let target = api.admit(&headers, &p, Verb::List).await?;
+    let Query(query) = query.map_err(|e| ApiError::validation(e.body_text()))?;
+    let request = query.parse()?;
     let (ws, key, on_err) = api.for_blocking(&target);
     let files = blocking(move || ws.list(&key).map_err(on_err)).await?;
-    let total: u64 = files.iter().map(|f| f.size_bytes).sum();
-    Ok(Json(json!({
-        "files": files.iter().map(file_json).collect::<Vec<_>>(),
-        "filesCount": files.len(),
-        "totalSizeBytes": total,
-    }))
-    .into_response())
+    let page = request.page(files);
+    let mut body = json!({
+        "files": page.files.iter().map(file_json).collect::<Vec<_>>(),
+        "filesCount": page.matched_files,
+        "totalSizeBytes": page.matched_bytes,
+    });
+    if let Some(token) = page.continue_token {
+        body["continue"] = Value::String(token);
+    }
+    Ok(Json(body).into_response())
 }
 
 /// `GET .../files/{*path}`: the file's bytes, streamed.

@@ -1,11 +1,14 @@
 //! Kiln's one HTTP listener: health, readiness, metrics and the Job file API.
 
 pub mod auth;
+pub mod cache;
 pub mod error;
 pub mod files;
 pub mod health;
 pub mod jobs;
+pub mod listing;
 pub mod redirect;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +36,7 @@ pub struct AppState {
     pub health: Health,
     pub metrics: Arc<Metrics>,
     pub files: Arc<FileApi>,
+    pub usage: Arc<usage::UsageApi>,
 }
 
 /// The router with every route Kiln serves. The file routes are documented in
@@ -44,6 +48,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/api/v1/stats", get(files::stats))
+        .route(
+            "/api/v1/namespaces/{ns}/providerconfigs/{name}/usage",
+            post(usage::report),
+        )
         .route(FILES, get(files::list).post(files::create))
         .route(
             &format!("{FILES}/batch"),

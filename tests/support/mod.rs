@@ -211,6 +211,46 @@ impl ControlPlane {
         }
     }
 
+    /// A ServiceAccount `name` in `ns` and a token for it. With a `grant`, a Role with its
+    /// rules is bound to the account, and the token is returned once the API server's
+    /// authorizer (fed by an informer) allows `grant.can_i` (`kubectl auth can-i` arguments,
+    /// such as `["create", "providerconfigs.kiln.dev", "--subresource=usage"]`).
+    pub async fn service_account(&self, ns: &str, name: &str, grant: Option<Grant<'_>>) -> String {
+        self.kubectl(&["create", "serviceaccount", name, "-n", ns])
+            .success();
+        if let Some(grant) = grant {
+            let role = serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": name, "namespace": ns},
+                "rules": grant.rules,
+            });
+            self.kubectl_stdin(&["apply", "-f", "-"], Some(&role.to_string()))
+                .success();
+            let sa = format!("--serviceaccount={ns}:{name}");
+            let role = format!("--role={name}");
+            self.kubectl(&["create", "rolebinding", name, "-n", ns, &role, &sa])
+                .success();
+            let user = format!("--as=system:serviceaccount:{ns}:{name}");
+            let mut args = vec!["auth", "can-i"];
+            args.extend_from_slice(grant.can_i);
+            args.extend_from_slice(&["-n", ns, &user]);
+            eventually(
+                Duration::from_secs(30),
+                "RBAC to grant the new Role",
+                || {
+                    let out = self.kubectl(&args);
+                    async move { out.status.success().then_some(()) }
+                },
+            )
+            .await;
+        }
+        self.kubectl(&["create", "token", name, "-n", ns, "--duration=1h"])
+            .success()
+            .trim()
+            .to_string()
+    }
+
     /// A kube client with cluster-admin rights.
     pub async fn client(&self) -> Client {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
@@ -219,6 +259,13 @@ impl ControlPlane {
             .expect("kubeconfig is valid");
         Client::try_from(config).expect("build client")
     }
+}
+
+/// What [`ControlPlane::service_account`] grants: a Role's rules, and the `kubectl auth can-i`
+/// question that is answered yes once they are in force.
+pub struct Grant<'a> {
+    pub rules: serde_json::Value,
+    pub can_i: &'a [&'a str],
 }
 
 static NAMESPACES: AtomicU32 = AtomicU32::new(0);

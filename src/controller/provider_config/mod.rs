@@ -14,6 +14,7 @@ mod rollout;
 mod status;
 mod sync;
 mod triggers;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +96,8 @@ pub fn start(
             watcher::Config::default().page_size(500),
             move |secret| configs_for_secret(&secret_store, &secret),
         )
-        .reconcile_on(UnboundedReceiverStream::new(siblings_rx));
+        .reconcile_on(UnboundedReceiverStream::new(siblings_rx))
+        .reconcile_on(ctx.key_usage.requests());
 
     let shared = Arc::new(Shared { store });
     let task = tokio::spawn(drive(
@@ -160,9 +162,11 @@ async fn reconcile(
         .await
         .context(format!("reading ProviderConfig {name}"))?
     else {
+        ctx.key_usage.forget(&ns, &name);
         return Ok(Action::await_change());
     };
     if pc.metadata.deletion_timestamp.is_some() {
+        ctx.key_usage.forget(&ns, &name);
         // The garbage collector removes the derived objects; the siblings re-elect.
         return Ok(Action::await_change());
     }
@@ -238,6 +242,7 @@ async fn reconcile(
         provider_type,
         alias_conflict,
         rollout: Some(rollout),
+        last_used: &ctx.key_usage.last_used(&ns, &name),
     };
     let desired = status::build(&pc, &current, &facts, now);
     events::announce(&ctx, &pc, &current, &desired, &happened).await;

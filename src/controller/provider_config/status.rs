@@ -5,6 +5,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::resolve::Resolution;
 use super::sync::Written;
+use super::usage::LastUsed;
 use crate::api::conditions::types::{DEFAULT_CONFLICT, READY, RECONCILING, STALLED};
 use crate::api::provider_config::{
     KeyStatus, ProviderConfig, ProviderConfigPhase, ProviderConfigStatus, RolloutStatus,
@@ -39,6 +40,8 @@ pub struct Facts<'a> {
     /// A name conflict on one of the default aliases.
     pub alias_conflict: Option<String>,
     pub rollout: Option<RolloutStatus>,
+    /// Key uses reported to the HTTP API and flushed (see [`super::usage`]).
+    pub last_used: &'a LastUsed,
 }
 
 pub fn build(
@@ -50,7 +53,13 @@ pub fn build(
     let generation = pc.metadata.generation;
     let mut status = current.clone();
     status.observed_generation = generation;
-    status.keys = keys(current, facts.resolution, facts.hash_key, now);
+    status.keys = keys(
+        current,
+        facts.resolution,
+        facts.hash_key,
+        facts.last_used,
+        now,
+    );
     status.effective_default = Some(*facts.standing == Standing::Default);
     status.config_map = Some(facts.config_map_name.clone());
     status.secret = (facts.credentials_hash.is_some() && facts.secret != Written::Conflict)
@@ -171,6 +180,7 @@ fn keys(
     current: &ProviderConfigStatus,
     resolution: &Resolution,
     hash_key: Option<&HashKey>,
+    last_used: &LastUsed,
     now: Timestamp,
 ) -> Vec<KeyStatus> {
     resolution
@@ -196,6 +206,11 @@ fn keys(
                 } else {
                     before.and_then(|b| b.last_rotated_time.clone())
                 },
+                // The later of what the status says and what was reported since.
+                last_used_time: before
+                    .and_then(|b| b.last_used_time.as_ref().map(|t| t.0))
+                    .max(last_used.get(&key.name).copied())
+                    .map(Time),
             }
         })
         .collect()
@@ -209,6 +224,7 @@ mod tests {
     use crate::desired::provider_config::SecretValue;
 
     static TEST_KEY: HashKey = HashKey::from_bytes([9; 32]);
+    static NO_USAGE: LastUsed = LastUsed::new();
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
@@ -251,7 +267,47 @@ mod tests {
             provider_type: "openai",
             alias_conflict: None,
             rollout: None,
+            last_used: &NO_USAGE,
         }
+    }
+
+    #[test]
+    fn reported_uses_move_last_used_forward_only() {
+        let r = resolution(Ok("A"));
+        let standing = Standing::Default;
+        let used = LastUsed::from([("primary".to_owned(), at(50)), ("gone".to_owned(), at(60))]);
+        let first = build(
+            &pc(),
+            &Default::default(),
+            &Facts {
+                last_used: &used,
+                ..facts(&r, &standing, Some("h1"))
+            },
+            at(70),
+        );
+        assert_eq!(
+            first.keys.len(),
+            1,
+            "only keys of the spec: {:?}",
+            first.keys
+        );
+        assert_eq!(first.keys[0].last_used_time, Some(Time(at(50))));
+        // Nothing reported since (a new leader, say): the status keeps its time.
+        let kept = build(&pc(), &first, &facts(&r, &standing, Some("h1")), at(80));
+        assert_eq!(kept.keys[0].last_used_time, Some(Time(at(50))));
+        assert_eq!(kept, first, "no change, no write");
+        // An older report never moves it back.
+        let older = LastUsed::from([("primary".to_owned(), at(40))]);
+        let s = build(
+            &pc(),
+            &first,
+            &Facts {
+                last_used: &older,
+                ..facts(&r, &standing, Some("h1"))
+            },
+            at(90),
+        );
+        assert_eq!(s.keys[0].last_used_time, Some(Time(at(50))));
     }
 
     #[test]
