@@ -70,7 +70,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
 
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(leader::default_identity);
     let auth = Arc::new(http::auth::Auth::new(client.clone()));
+    let audit = http::audit::FileAudit::new(client.clone(), Some(identity.clone()));
     let key_usage = Arc::new(KeyUsage::new(Nudge::default()));
     let usage_flush = parse_duration("--usage-flush", &args.usage_flush)?;
     {
@@ -85,6 +90,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             auth.clone(),
             workspace.clone(),
             job_nudge.clone(),
+            audit.clone(),
             &args.namespaces,
         )),
         usage: Arc::new(http::usage::UsageApi::new(
@@ -109,10 +115,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(leader::default_identity);
     let mut election = if args.leader_election {
         let namespace = args
             .lease_namespace
@@ -133,7 +135,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         info!(%identity, lease = %args.lease_name, "waiting to become leader");
         tokio::select! {
             acquired = election.acquired() => if !acquired { anyhow::bail!("leader election stopped") },
-            _ = shutdown.cancelled() => { election.release().await; return drain(server).await; }
+            _ = shutdown.cancelled() => { election.release().await; return drain(server, &audit).await; }
         }
         info!(%identity, "became leader");
         Some(election)
@@ -190,12 +192,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(election) = election {
         election.release().await;
     }
-    drain(server).await?;
+    drain(server, &audit).await?;
     outcome
 }
 
-async fn drain(server: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
-    server.await.context("HTTP server task")??;
+/// Waits for the HTTP server to finish its requests, then publishes the file audit Events
+/// they left open.
+async fn drain(
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    audit: &http::audit::FileAudit,
+) -> anyhow::Result<()> {
+    let served = server.await.context("HTTP server task");
+    audit.flush().await;
+    served??;
     info!("shut down cleanly");
     Ok(())
 }

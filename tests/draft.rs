@@ -335,7 +335,25 @@ async fn publishing_revisions_and_pruning() {
     assert_eq!(r1.immutable, Some(true));
 
     for (n, id) in [(2, "v2"), (3, "v3")] {
-        w.set_config("g", content_config(id)).await;
+        if n == 3 {
+            // A pipeline says who it is and why: the history records both. Managed fields
+            // carry whole seconds; a second apart, the last writer is unambiguous.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let change = json!({
+                "metadata": {"annotations": {"kiln.dev/change-cause": "bump to v3"}},
+                "spec": {"config": content_config(id)},
+            });
+            let pipeline = PatchParams {
+                field_manager: Some("ci-pipeline".into()),
+                ..PatchParams::default()
+            };
+            w.drafts
+                .patch("g", &pipeline, &Patch::Merge(&change))
+                .await
+                .expect("set config as ci-pipeline");
+        } else {
+            w.set_config("g", content_config(id)).await;
+        }
         w.wait("g", &format!("revision {n}"), |d| {
             d.status
                 .as_ref()
@@ -369,6 +387,10 @@ async fn publishing_revisions_and_pruning() {
             .collect::<Vec<_>>(),
         vec![(1, true), (2, false), (3, false)]
     );
+    assert!(history[0].changed_by.is_some(), "{history:?}");
+    assert_eq!(history[0].change_cause, None);
+    assert_eq!(history[2].changed_by.as_deref(), Some("ci-pipeline"));
+    assert_eq!(history[2].change_cause.as_deref(), Some("bump to v3"));
 }
 
 #[tokio::test]

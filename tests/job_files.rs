@@ -459,6 +459,46 @@ async fn write_batch_list_read_and_delete_with_a_role_bound_token() {
     })
     .await;
 
+    // The API server's audit log never sees these writes: Events on the Job name the user,
+    // grouped per few seconds, counting all 8 writes and the delete.
+    let user = format!("system:serviceaccount:{}:writer", w.ns);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(w.jobs.clone().into_client(), &w.ns);
+    let counted = |reason: &'static str| {
+        let (events, user) = (events.clone(), user.clone());
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            let notes: Vec<String> = list
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("site"))
+                .filter_map(|e| e.note.clone())
+                .collect();
+            let total: u64 = notes
+                .iter()
+                .filter_map(|n| n.strip_prefix(&format!("{user} ")))
+                .filter_map(|n| n.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            Some((total, notes))
+        }
+    };
+    let (_, notes) = eventually(WAIT, "FilesWritten Events for all 8 writes", || async {
+        counted("FilesWritten").await.filter(|(total, _)| *total == 8)
+    })
+    .await;
+    assert!(notes.iter().any(|n| n.contains("src/main.rs")), "{notes:?}");
+    let (_, notes) = eventually(WAIT, "a FilesDeleted Event", || async {
+        counted("FilesDeleted").await.filter(|(total, _)| *total == 1)
+    })
+    .await;
+    assert_eq!(notes, [format!("{user} deleted 1 file: a/one.txt")]);
+    let log = w.op.logs();
+    assert!(
+        log.contains("job file changed") && log.contains("a/one.txt"),
+        "the audit log line is missing"
+    );
+
     // Metrics count requests by route template, never by raw path.
     let metrics = support::http_get(w.op.http_addr, "/metrics")
         .await

@@ -168,6 +168,13 @@ pub struct RevisionRecord {
     /// Whether the revision ConfigMap still exists (older ones are pruned by `keepRevisions`).
     #[serde(default)]
     pub pruned: bool,
+    /// The field manager that last changed the spec before this revision
+    /// (`kubectl-client-side-apply`, `argocd-controller`, `helm`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
+    /// The `kiln.dev/change-cause` annotation at the time, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_cause: Option<String>,
 }
 
 /// Observed state of a Draft.

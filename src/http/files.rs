@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use tokio_util::io::ReaderStream;
 
 use super::AppState;
+use super::audit::{FileAction, FileAudit};
 use super::auth::{Access, Auth, Caller, Verb};
 use super::error::ApiError;
 use super::jobs::{Jobs, Target, check_names};
@@ -63,6 +64,7 @@ pub struct FileApi {
     written: Throttled<KilnJob>,
     auth: Arc<Auth>,
     jobs: Jobs,
+    audit: FileAudit,
 }
 
 impl FileApi {
@@ -72,6 +74,7 @@ impl FileApi {
         auth: Arc<Auth>,
         workspace: Arc<Workspace>,
         nudge: Nudge<KilnJob>,
+        audit: FileAudit,
         namespaces: &[String],
     ) -> Self {
         FileApi {
@@ -80,6 +83,7 @@ impl FileApi {
             nudge,
             auth,
             jobs: Jobs::start(client, namespaces),
+            audit,
         }
     }
 
@@ -218,9 +222,17 @@ impl FileApi {
         (self.workspace.clone(), target.key.clone(), on_err)
     }
 
-    /// The Job controller counts files and bytes in the Job's status: tell it to look (now,
-    /// or at the end of the current window when writes come in a stream).
-    fn written(&self, target: &Target) {
+    /// After files changed: the audit trail names who changed which, and the Job controller,
+    /// which counts files and bytes in the Job's status, is told to look (now, or at the end
+    /// of the current window when writes come in a stream).
+    fn changed<'a>(
+        &self,
+        caller: &Caller,
+        target: &Target,
+        action: FileAction,
+        paths: impl IntoIterator<Item = &'a str>,
+    ) {
+        self.audit.record(caller, target, action, paths);
         self.written.nudge(&target.namespace, &target.name);
     }
 }
@@ -466,7 +478,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let api = &state.files;
     let p = params(p)?;
-    let target = api.admit(&headers, &p, Verb::Create).await?;
+    let (caller, target) = api.admit_caller(&headers, &p, Verb::Create).await?;
     let limit = json_body_limit(api.workspace.limits().max_file_bytes);
     let file: FileContent = parse_json(&read_body(&headers, body, limit).await?)?;
     let path = job_path(&file.path)?;
@@ -476,7 +488,12 @@ pub async fn create(
         ws.write(&key, &path, &data).map_err(on_err)
     })
     .await?;
-    api.written(&target);
+    api.changed(
+        &caller,
+        &target,
+        FileAction::Write,
+        [outcome.info.path.as_str()],
+    );
     Ok(written_response(&outcome))
 }
 
@@ -489,7 +506,7 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let api = &state.files;
     let p = params(p)?;
-    let target = api.admit(&headers, &p, Verb::Update).await?;
+    let (caller, target) = api.admit_caller(&headers, &p, Verb::Update).await?;
     let path = job_path(p.path.as_deref().unwrap_or_default())?;
     // With a Content-Length the workspace refuses an over-limit file before reading a byte.
     let size_hint = content_length(&headers);
@@ -500,7 +517,12 @@ pub async fn put(
             .map_err(on_err)
     })
     .await?;
-    api.written(&target);
+    api.changed(
+        &caller,
+        &target,
+        FileAction::Write,
+        [outcome.info.path.as_str()],
+    );
     Ok(written_response(&outcome))
 }
 
@@ -514,7 +536,7 @@ pub async fn batch(
 ) -> Result<Response, ApiError> {
     let api = &state.files;
     let p = params(p)?;
-    let target = api.admit(&headers, &p, Verb::Create).await?;
+    let (caller, target) = api.admit_caller(&headers, &p, Verb::Create).await?;
     let limit = batch_body_limit(api.workspace.limits().max_file_bytes);
     let request: BatchRequest = parse_json(&read_body(&headers, body, limit).await?)?;
     if request.files.is_empty() {
@@ -549,7 +571,11 @@ pub async fn batch(
     .await?;
     let failed = results.iter().filter(|r| r.get("error").is_some()).count();
     if failed < results.len() {
-        api.written(&target);
+        let written = results
+            .iter()
+            .filter(|r| r.get("error").is_none())
+            .filter_map(|r| r["path"].as_str());
+        api.changed(&caller, &target, FileAction::Write, written);
     }
     let status = if failed == 0 {
         StatusCode::OK
@@ -626,11 +652,12 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let api = &state.files;
     let p = params(p)?;
-    let target = api.admit(&headers, &p, Verb::Delete).await?;
+    let (caller, target) = api.admit_caller(&headers, &p, Verb::Delete).await?;
     let path = job_path(p.path.as_deref().unwrap_or_default())?;
     let (ws, key, on_err) = api.for_blocking(&target);
+    let deleted = path.clone();
     blocking(move || ws.delete(&key, &path).map_err(on_err)).await?;
-    api.written(&target);
+    api.changed(&caller, &target, FileAction::Delete, [deleted.as_str()]);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

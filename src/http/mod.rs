@@ -1,5 +1,6 @@
 //! Kiln's one HTTP listener: health, readiness, metrics and the Job file API.
 
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod error;

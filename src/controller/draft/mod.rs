@@ -4,6 +4,7 @@
 //! labels and the `kiln.dev/source-draft` annotation (published ConfigMaps, for drift
 //! repair) or by `spec.schemaRef` (so that editing a schema re-validates its drafts).
 
+mod author;
 mod cache;
 mod publish;
 mod status;
@@ -341,12 +342,19 @@ async fn announce(
             } else {
                 format!("; pruned revisions {pruned:?}")
             };
+            let author = author::spec_author(&draft.metadata);
+            let by = match (&author.manager, &author.cause) {
+                (Some(manager), Some(cause)) => format!(" (changed by {manager}: {cause})"),
+                (Some(manager), None) => format!(" (changed by {manager})"),
+                (None, Some(cause)) => format!(" ({cause})"),
+                (None, None) => String::new(),
+            };
             ctx.event(
                 draft,
                 EventType::Normal,
                 "Published",
                 "Publish",
-                format!("published revision {revision}{pruned}"),
+                format!("published revision {revision}{by}{pruned}"),
             )
             .await;
         }

@@ -3,6 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use super::author::{Author, spec_author};
 use super::lifecycle::{self, Lifecycle};
 use super::publish::Outcome;
 use crate::api::conditions::types::*;
@@ -65,7 +66,14 @@ pub fn build(
     let published = match (draft.spec.publish.as_ref(), outcome) {
         (None, _) => None,
         (Some(_), Some((publication, outcome))) => {
-            Some(published_condition(&mut status, publication, outcome, now))
+            let author = spec_author(&draft.metadata);
+            Some(published_condition(
+                &mut status,
+                publication,
+                outcome,
+                &author,
+                now,
+            ))
         }
         (Some(_), None) => Some(match &status.published {
             Some(p) => Desired::new(
@@ -139,6 +147,7 @@ fn published_condition(
     status: &mut DraftStatus,
     publication: &Publication,
     outcome: &Outcome,
+    author: &Author,
     now: Timestamp,
 ) -> Desired {
     match outcome {
@@ -181,6 +190,8 @@ fn published_condition(
                 hash: publication.hash.clone(),
                 time: Time(now),
                 pruned: false,
+                changed_by: author.manager.clone(),
+                change_cause: author.cause.clone(),
             });
             let excess = status.history.len().saturating_sub(MAX_HISTORY);
             status.history.drain(..excess);
