@@ -20,6 +20,7 @@ mod support;
 mod archive;
 mod cluster;
 mod drafts;
+mod floor;
 mod object_store;
 mod report;
 mod upload;

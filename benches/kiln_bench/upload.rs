@@ -41,7 +41,7 @@ fn small_path(i: usize) -> String {
 
 /// What Kiln does for each file: temporary file in the target's directory, fsync, rename,
 /// fsync of the directory.
-fn durable_write(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn durable_write(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path.parent().context("a file path has a parent")?;
     std::fs::create_dir_all(dir)?;
@@ -220,6 +220,21 @@ impl Uploader<'_> {
         Ok(())
     }
 
+    /// The small files, one `PUT` after the other over one kept connection.
+    async fn put_kept(
+        &self,
+        client: &reqwest::Client,
+        job: &str,
+        small: &[Vec<u8>],
+    ) -> anyhow::Result<()> {
+        let base = format!("http://{}{}", self.kiln.http_addr, self.url(job, "files"));
+        for (i, data) in small.iter().enumerate() {
+            let url = format!("{base}/{}", small_path(i));
+            crate::floor::put(client, &url, Some(&self.auth), data).await?;
+        }
+        Ok(())
+    }
+
     /// The small files from [`CLIENTS`] clients at once, each taking every `CLIENTS`-th file
     /// one after the other.
     async fn put_concurrent(&self, job: &str, small: &Arc<Vec<Vec<u8>>>) -> anyhow::Result<()> {
@@ -338,7 +353,9 @@ fn count_files(dir: &Path) -> anyhow::Result<(usize, u64)> {
 enum Phase {
     Write,
     Durable,
+    Floor,
     Put,
+    PutKeepAlive,
     PutConcurrent,
     Batch,
     LargeWrite,
@@ -347,10 +364,12 @@ enum Phase {
 }
 
 impl Phase {
-    const ALL: [Phase; 8] = [
+    const ALL: [Phase; 10] = [
         Phase::Write,
         Phase::Durable,
+        Phase::Floor,
         Phase::Put,
+        Phase::PutKeepAlive,
         Phase::PutConcurrent,
         Phase::Batch,
         Phase::LargeWrite,
@@ -362,7 +381,9 @@ impl Phase {
         match self {
             Phase::Write => "stdFsWrite",
             Phase::Durable => "durableWrite",
+            Phase::Floor => "bareHttpDurablePut",
             Phase::Put => "apiPut",
+            Phase::PutKeepAlive => "apiPutKeepAlive",
             Phase::PutConcurrent => "apiPutConcurrent",
             Phase::Batch => "apiBatch",
             Phase::LargeWrite => "largeStdFsWrite",
@@ -377,7 +398,11 @@ impl Phase {
             Phase::Durable | Phase::LargeDurable => {
                 "temp file + fsync + rename + fsync dir (what Kiln does)".into()
             }
+            Phase::Floor => {
+                "bare HTTP server doing only that durable write, one client, kept connection".into()
+            }
             Phase::Put => "**Kiln** `PUT`, one client".into(),
+            Phase::PutKeepAlive => "**Kiln** `PUT`, one client, kept connection".into(),
             Phase::PutConcurrent => format!("**Kiln** `PUT`, {CLIENTS} clients"),
             Phase::Batch => format!("**Kiln** `POST .../files/batch` of {BATCH}, base64"),
             Phase::LargePut => "**Kiln** `PUT`".into(),
@@ -387,7 +412,7 @@ impl Phase {
     fn is_api(self) -> bool {
         matches!(
             self,
-            Phase::Put | Phase::PutConcurrent | Phase::Batch | Phase::LargePut
+            Phase::Put | Phase::PutKeepAlive | Phase::PutConcurrent | Phase::Batch | Phase::LargePut
         )
     }
 
@@ -401,7 +426,7 @@ impl Phase {
     /// HTTP requests the phase sends for `n` small files.
     fn requests(self, n: usize) -> usize {
         match self {
-            Phase::Put | Phase::PutConcurrent => n,
+            Phase::Put | Phase::PutKeepAlive | Phase::PutConcurrent | Phase::Floor => n,
             Phase::Batch => n.div_ceil(BATCH),
             Phase::LargePut => 1,
             _ => 0,
@@ -411,7 +436,9 @@ impl Phase {
     /// The route and method Kiln's `/metrics` files the phase's requests under.
     fn route(self) -> Option<(&'static str, &'static str)> {
         match self {
-            Phase::Put | Phase::PutConcurrent | Phase::LargePut => Some((PUT_ROUTE, "PUT")),
+            Phase::Put | Phase::PutKeepAlive | Phase::PutConcurrent | Phase::LargePut => {
+                Some((PUT_ROUTE, "PUT"))
+            }
             Phase::Batch => Some((BATCH_ROUTE, "POST")),
             _ => None,
         }
@@ -472,7 +499,7 @@ pub async fn run(b: &Bench, args: &Args) -> anyhow::Result<Report> {
     let max_file = large_bytes.max(64 * MIB);
     let max_job = (small_total + large_bytes).max(200 * MIB);
     let max_files = (n + 1).max(10_000);
-    let max_workspace = (reps * (3 * small_total + large_bytes) + 64 * MIB).max(1024 * MIB);
+    let max_workspace = (reps * (4 * small_total + large_bytes) + 64 * MIB).max(1024 * MIB);
     let flags = [
         format!("--max-file-bytes={max_file}"),
         format!("--max-job-bytes={max_job}"),
@@ -494,6 +521,8 @@ pub async fn run(b: &Bench, args: &Args) -> anyhow::Result<Report> {
     let large = noise(large_bytes, 5);
     // The baselines write next to Kiln's workspace: the same filesystem.
     let direct = kiln.state_dir().join("direct");
+    let floor = crate::floor::start(direct.join("floor")).await?;
+    let client = crate::floor::keep_alive_client()?;
 
     // Untimed: the first request of a token pays for its TokenReview, and the operator's
     // first requests to the API server open its connections.
@@ -505,6 +534,7 @@ pub async fn run(b: &Bench, args: &Args) -> anyhow::Result<Report> {
     for rep in 0..reps {
         let jobs = [
             u.job(&format!("put-{rep}")).await?,
+            u.job(&format!("kept-{rep}")).await?,
             u.job(&format!("put{CLIENTS}-{rep}")).await?,
             u.job(&format!("batch-{rep}")).await?,
             u.job(&format!("large-{rep}")).await?,
@@ -525,6 +555,13 @@ pub async fn run(b: &Bench, args: &Args) -> anyhow::Result<Report> {
                     u.put_sequential(&format!("put-{rep}"), &small),
                 )
                 .await?;
+                api_phase(
+                    &u,
+                    &mut m,
+                    Phase::PutKeepAlive,
+                    u.put_kept(&client, &format!("kept-{rep}"), &small),
+                )
+                .await?;
                 let job = format!("put{CLIENTS}-{rep}");
                 api_phase(
                     &u,
@@ -540,6 +577,14 @@ pub async fn run(b: &Bench, args: &Args) -> anyhow::Result<Report> {
                 m.runs.entry(Phase::Write).or_default().push(t);
                 let t = durable_small(&dir.join("durable"), &small)?;
                 m.runs.entry(Phase::Durable).or_default().push(t);
+                settle();
+                let start = Instant::now();
+                for (i, data) in small.iter().enumerate() {
+                    let url = format!("http://{floor}/rep{rep}/{}", small_path(i));
+                    crate::floor::put(&client, &url, None, data).await?;
+                }
+                let t = start.elapsed().as_secs_f64();
+                m.runs.entry(Phase::Floor).or_default().push(t);
             }
         }
         for api_turn in order {
@@ -564,6 +609,7 @@ pub async fn run(b: &Bench, args: &Args) -> anyhow::Result<Report> {
             (n, small_total),
             (n, small_total),
             (n, small_total),
+            (n, small_total),
             (1, large_bytes),
         ]) {
             let found = count_files(dir)?;
@@ -575,6 +621,7 @@ pub async fn run(b: &Bench, args: &Args) -> anyhow::Result<Report> {
         }
         // Each rep's baseline files go, so that the disk fills no faster than Kiln's.
         std::fs::remove_dir_all(&dir)?;
+        std::fs::remove_dir_all(direct.join("floor").join(format!("rep{rep}")))?;
         eprintln!("kiln_bench: upload rep {} of {reps} done", rep + 1);
     }
     let end = kiln_memory(&kiln)?;
@@ -616,11 +663,15 @@ fn report(
          in JSON (encoding included in the time) — and one file of {large_mib} MiB with one \
          `PUT`. The uploader is a service account with a Role on `jobs/files`, its token from \
          `kubectl create token`: every request goes through Kiln's admission (TokenReview, cached 30 s, and \
-         SubjectAccessReview, cached 10 s per Job and verb). HTTP/1.1 over loopback, one connection per request, \
-         plain HTTP (the harness's minimal client). Baselines in the same run, on the same \
+         SubjectAccessReview, cached 10 s per Job and verb). HTTP/1.1 over loopback, plain \
+         HTTP: one connection per request (the harness's minimal client), and, for the \
+         \"kept connection\" rows, one connection kept for every request (reqwest, as an SDK \
+         uploads). Baselines in the same run, on the same \
          filesystem (next to Kiln's workspace): `std::fs::write` of the same files, which only \
-         reaches the page cache, and a durable write as Kiln does it (temporary file, fsync, \
-         rename, fsync of the directory). Everything dirty is written back (`sync`) before \
+         reaches the page cache; a durable write as Kiln does it (temporary file, fsync, \
+         rename, fsync of the directory); and the floor of any file API here: a bare HTTP \
+         server in the benchmark's process that does only that durable write for each `PUT`, \
+         with the same kept-connection client. Everything dirty is written back (`sync`) before \
          each timed phase. Median of {reps} runs each, API and baselines alternating who goes \
          first, each run into new Jobs and directories; one untimed warm-up upload first. \
          \"Inside Kiln\" is the mean of Kiln's `kiln_http_request_duration_seconds` (time to \
@@ -717,6 +768,20 @@ fn report(
         );
     }
 
+    let kept = m.median(Phase::PutKeepAlive);
+    let floor = m.median(Phase::Floor);
+    r.line(format!(
+        "\nOver a kept connection a sequential `PUT` through Kiln takes {:.2} ms: {:.2}× the \
+         durable write it wraps and **{:.2}× the bare HTTP server doing the same write** \
+         ({:.2} ms per file, the floor on this machine: HTTP on loopback plus the durable \
+         write).",
+        kept * 1000.0 / n as f64,
+        kept / durable,
+        kept / floor,
+        floor * 1000.0 / n as f64,
+    ));
+    r.set("ratioKeptPutToFloor", round(kept / floor, 3));
+    r.set("ratioKeptPutToDurable", round(kept / durable, 3));
     let put = m.median(Phase::Put);
     r.line(format!(
         "\nA durable write alone costs {:.2} ms per small file here, against {:.3} ms for \
