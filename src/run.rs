@@ -12,12 +12,12 @@ use tracing::{error, info};
 
 use crate::api::{Draft, KilnJob, ProviderConfig};
 use crate::cli::RunArgs;
-use crate::controller::nudge::Nudge;
-use crate::controller::provider_config::usage::KeyUsage;
 use crate::controller::{self, Context, Settings};
 use crate::http::{self, AppState, Health, Tls};
+use crate::key_usage::KeyUsage;
 use crate::leader::{self, Election};
 use crate::metrics::Metrics;
+use crate::nudge::Nudge;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // TLS for the listener uses the same ring provider that kube's client already links.

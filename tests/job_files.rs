@@ -484,12 +484,16 @@ async fn write_batch_list_read_and_delete_with_a_role_bound_token() {
         }
     };
     let (_, notes) = eventually(WAIT, "FilesWritten Events for all 8 writes", || async {
-        counted("FilesWritten").await.filter(|(total, _)| *total == 8)
+        counted("FilesWritten")
+            .await
+            .filter(|(total, _)| *total == 8)
     })
     .await;
     assert!(notes.iter().any(|n| n.contains("src/main.rs")), "{notes:?}");
     let (_, notes) = eventually(WAIT, "a FilesDeleted Event", || async {
-        counted("FilesDeleted").await.filter(|(total, _)| *total == 1)
+        counted("FilesDeleted")
+            .await
+            .filter(|(total, _)| *total == 1)
     })
     .await;
     assert_eq!(notes, [format!("{user} deleted 1 file: a/one.txt")]);

@@ -61,6 +61,10 @@ pub async fn put(
     }
     let response = request.send().await.with_context(|| format!("PUT {url}"))?;
     let status = response.status().as_u16();
-    ensure!(status == 201, "PUT {url}: {status} {}", response.text().await.unwrap_or_default());
+    ensure!(
+        status == 201,
+        "PUT {url}: {status} {}",
+        response.text().await.unwrap_or_default()
+    );
     Ok(())
 }

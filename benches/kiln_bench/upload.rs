@@ -412,7 +412,11 @@ impl Phase {
     fn is_api(self) -> bool {
         matches!(
             self,
-            Phase::Put | Phase::PutKeepAlive | Phase::PutConcurrent | Phase::Batch | Phase::LargePut
+            Phase::Put
+                | Phase::PutKeepAlive
+                | Phase::PutConcurrent
+                | Phase::Batch
+                | Phase::LargePut
         )
     }
 

@@ -42,7 +42,7 @@ pub struct Context {
     /// Reconcile requests for jobs, sent by the HTTP file API after a write.
     pub job_nudge: super::nudge::Nudge<crate::api::KilnJob>,
     /// Key uses reported to the HTTP API, for the ProviderConfig status.
-    pub key_usage: Arc<super::provider_config::usage::KeyUsage>,
+    pub key_usage: Arc<crate::key_usage::KeyUsage>,
     recorder: Recorder,
     /// Permits for Events being published in the background (see [`Context::event`]).
     events_in_flight: Arc<Semaphore>,
@@ -61,7 +61,7 @@ impl Context {
         instance: Option<String>,
         workspace: Arc<crate::workspace::Workspace>,
         job_nudge: super::nudge::Nudge<crate::api::KilnJob>,
-        key_usage: Arc<super::provider_config::usage::KeyUsage>,
+        key_usage: Arc<crate::key_usage::KeyUsage>,
     ) -> Self {
         let reporter = Reporter {
             controller: "kiln".into(),

@@ -8,7 +8,6 @@ pub mod context;
 pub mod draft;
 pub mod job;
 pub mod lifecycle;
-pub mod nudge;
 pub mod provider_config;
 
 use std::fmt::Debug;
@@ -20,45 +19,16 @@ use futures::StreamExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use crate::nudge;
+pub use crate::scope::{Scope, watcher_config};
 pub use context::{Context, Settings};
 
 use crate::error::Error;
-
-/// Where a controller watches: all namespaces, or one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    All,
-    Namespace(String),
-}
-
-impl Scope {
-    /// One scope per watched namespace, or `All` when none is given.
-    pub fn from_namespaces(namespaces: &[String]) -> Vec<Scope> {
-        if namespaces.is_empty() {
-            vec![Scope::All]
-        } else {
-            namespaces
-                .iter()
-                .map(|ns| Scope::Namespace(ns.clone()))
-                .collect()
-        }
-    }
-
-    pub fn api<K>(&self, client: &Client) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match self {
-            Scope::All => Api::all(client.clone()),
-            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
-        }
-    }
-}
 
 /// Caches that must be synced before `/readyz` says ready.
 pub type ReadinessProbe = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -142,12 +112,6 @@ where
     let stream =
         reflector::reflector(writer, watcher(api, watcher_config()).modify(slim)).applied_objects();
     Controller::for_stream(stream, store)
-}
-
-/// Default watcher configuration: Kiln's own kinds are few and small, so a full watch is fine;
-/// lists are paged so that a large namespace does not arrive as one giant response.
-pub fn watcher_config() -> watcher::Config {
-    watcher::Config::default().page_size(500)
 }
 
 /// Common `error_policy`: count the failure by class and back off.

@@ -228,7 +228,11 @@ mod tests {
     #[test]
     fn long_paths_are_cut_but_user_and_count_stay() {
         let long = "é".repeat(2000);
-        let n = note("system:serviceaccount:team:ci", FileAction::Write, &group(&[&long], 5));
+        let n = note(
+            "system:serviceaccount:team:ci",
+            FileAction::Write,
+            &group(&[&long], 5),
+        );
         assert!(n.len() <= 1024, "{}", n.len());
         assert!(n.starts_with("system:serviceaccount:team:ci wrote 5 files: "));
         assert!(n.ends_with(" … (4 more)"), "{n}");

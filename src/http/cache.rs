@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tracing::debug;
 
 use super::error::ApiError;
-use crate::controller::{Scope, watcher_config};
+use crate::scope::{Scope, watcher_config};
 
 /// The objects of one kind the API can serve.
 pub struct Cached<K: Resource<DynamicType = ()> + 'static> {

@@ -38,7 +38,7 @@ use super::jobs::{Jobs, Target, check_names};
 use super::listing::ListQuery;
 use crate::api::KilnJob;
 use crate::api::job::JobPhase;
-use crate::controller::nudge::{Nudge, Throttled};
+use crate::nudge::{Nudge, Throttled};
 use crate::workspace::{self, FileInfo, JobPath, Sensitivity, Workspace, WriteOutcome};
 
 /// JSON adds this much around a file's content (path, field names, escapes of a short text).

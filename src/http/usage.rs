@@ -26,7 +26,7 @@ use super::cache::{Cached, check_names};
 use super::error::ApiError;
 use super::files::{parse_json, read_body};
 use crate::api::provider_config::ProviderConfig;
-use crate::controller::provider_config::usage::KeyUsage;
+use crate::key_usage::KeyUsage;
 use crate::metrics::Metrics;
 
 /// A report body is a key name; anything larger is not one.

@@ -123,8 +123,16 @@ mod tests {
     fn the_cache_keeps_only_the_author_and_still_finds_it() {
         let mut m = meta(
             serde_json::json!([
-                entry("a", "2026-01-01T00:00:00Z", serde_json::json!({"f:spec": {}})),
-                entry("b", "2026-02-01T00:00:00Z", serde_json::json!({"f:spec": {}})),
+                entry(
+                    "a",
+                    "2026-01-01T00:00:00Z",
+                    serde_json::json!({"f:spec": {}})
+                ),
+                entry(
+                    "b",
+                    "2026-02-01T00:00:00Z",
+                    serde_json::json!({"f:spec": {}})
+                ),
             ]),
             serde_json::json!({}),
         );
@@ -140,10 +148,16 @@ mod tests {
 
     #[test]
     fn nothing_known_is_nothing_said_and_long_text_is_cut() {
-        let m = meta(serde_json::json!([]), serde_json::json!({CHANGE_CAUSE: " "}));
+        let m = meta(
+            serde_json::json!([]),
+            serde_json::json!({CHANGE_CAUSE: " "}),
+        );
         assert_eq!(spec_author(&m), Author::default());
         let long = "é".repeat(1000);
-        let m = meta(serde_json::json!([]), serde_json::json!({CHANGE_CAUSE: long}));
+        let m = meta(
+            serde_json::json!([]),
+            serde_json::json!({CHANGE_CAUSE: long}),
+        );
         let cause = spec_author(&m).cause.expect("cause");
         assert_eq!(cause.chars().count(), MAX_CHARS + 1);
         assert!(cause.ends_with('…'));

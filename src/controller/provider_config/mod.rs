@@ -14,7 +14,6 @@ mod rollout;
 mod status;
 mod sync;
 mod triggers;
-pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;

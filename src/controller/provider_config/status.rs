@@ -5,13 +5,13 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::resolve::Resolution;
 use super::sync::Written;
-use super::usage::LastUsed;
 use crate::api::conditions::types::{DEFAULT_CONFLICT, READY, RECONCILING, STALLED};
 use crate::api::provider_config::{
     KeyStatus, ProviderConfig, ProviderConfigPhase, ProviderConfigStatus, RolloutStatus,
 };
 use crate::conditions::{Desired, merge};
 use crate::desired::provider_config::{HashKey, same_scheme};
+use crate::key_usage::LastUsed;
 
 /// Where this config stands among the configs of its type that claim the default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct Facts<'a> {
     /// A name conflict on one of the default aliases.
     pub alias_conflict: Option<String>,
     pub rollout: Option<RolloutStatus>,
-    /// Key uses reported to the HTTP API and flushed (see [`super::usage`]).
+    /// Key uses reported to the HTTP API and flushed (see [`crate::key_usage`]).
     pub last_used: &'a LastUsed,
 }
 

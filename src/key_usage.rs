@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::provider_config::ProviderConfig;
-use crate::controller::nudge::Nudge;
+use crate::nudge::Nudge;
 
 /// A ProviderConfig, by namespace and name.
 type ConfigRef = (String, String);
