@@ -43,6 +43,8 @@ pub struct Context {
     pub job_nudge: super::nudge::Nudge<crate::api::KilnJob>,
     /// Key uses reported to the HTTP API, for the ProviderConfig status.
     pub key_usage: Arc<crate::key_usage::KeyUsage>,
+    /// Retry delays of objects whose reconciles fail.
+    pub backoff: super::backoff::Backoff,
     recorder: Recorder,
     /// Permits for Events being published in the background (see [`Context::event`]).
     events_in_flight: Arc<Semaphore>,
@@ -74,6 +76,7 @@ impl Context {
             workspace,
             job_nudge,
             key_usage,
+            backoff: Default::default(),
             metrics,
             settings,
         }

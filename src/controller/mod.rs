@@ -4,6 +4,7 @@
 //! Flow of every controller: watch → reconcile (read, decide with pure functions, apply only
 //! what differs) → status → requeue at the next moment that matters (an expiry, a resync).
 
+pub mod backoff;
 pub mod context;
 pub mod draft;
 pub mod job;
@@ -70,14 +71,25 @@ pub async fn drive<K, R, E>(
 {
     info!(controller = name, "controller started");
     let config = controller::Config::default().concurrency(ctx.settings.concurrency);
+    let ctx_for_results = ctx.clone();
     controller
         .with_config(config)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(controller = name, object = %obj, "reconciled"),
-                Err(error) => warn!(controller = name, %error, "reconcile failed"),
+        .for_each(|result| {
+            let ctx = ctx_for_results.clone();
+            async move {
+                match result {
+                    Ok((obj, _)) => {
+                        ctx.backoff.succeeded(&backoff::key(
+                            name,
+                            obj.namespace.as_deref(),
+                            &obj.name,
+                        ));
+                        tracing::debug!(controller = name, object = %obj, "reconciled")
+                    }
+                    Err(error) => warn!(controller = name, %error, "reconcile failed"),
+                }
             }
         })
         .await;
@@ -114,7 +126,8 @@ where
     Controller::for_stream(stream, store)
 }
 
-/// Common `error_policy`: count the failure by class and back off.
+/// Common `error_policy`: count the failure by class and retry after the object's backoff
+/// (see [`backoff`]).
 pub fn backoff_on_error<K>(
     controller: &'static str,
     ctx: &Context,
@@ -126,8 +139,13 @@ where
 {
     ctx.metrics
         .reconcile_failed(controller, error.metric_label());
-    warn!(controller, object = %ObjectRef::from_obj(obj), %error, "reconcile failed; retrying");
-    Action::requeue(std::time::Duration::from_secs(5))
+    let meta = obj.meta();
+    let name = meta.name.as_deref().unwrap_or("");
+    let delay = ctx
+        .backoff
+        .failed(&backoff::key(controller, meta.namespace.as_deref(), name));
+    warn!(controller, object = %ObjectRef::from_obj(obj), %error, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
 /// Starts every controller in every scope; returns readiness probes and the join handles.
