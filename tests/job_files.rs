@@ -21,8 +21,8 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::{
-    ControlPlane, HttpBody, HttpResponse, Operator, OperatorOptions, control_plane, eventually,
-    http_request, namespace, noise,
+    ControlPlane, Grant, HttpBody, HttpResponse, Operator, OperatorOptions, control_plane,
+    eventually, http_request, namespace, noise,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -52,58 +52,14 @@ impl World {
     /// A service account and its token. With `verbs`, a Role granting them on `jobs/files`
     /// in `kiln.dev` is bound to it; without, it has no access at all.
     async fn account(&self, name: &str, verbs: &[&str]) -> String {
-        let ns = self.ns.as_str();
-        self.cp
-            .kubectl(&["create", "serviceaccount", name, "-n", ns])
-            .success();
-        if !verbs.is_empty() {
-            let role = json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": {"name": name, "namespace": ns},
-                "rules": [{"apiGroups": ["kiln.dev"], "resources": ["jobs/files"], "verbs": verbs}],
-            });
-            self.cp
-                .kubectl_stdin(&["apply", "-f", "-"], Some(&role.to_string()))
-                .success();
-            let sa = format!("{ns}:{name}");
-            self.cp
-                .kubectl(&[
-                    "create",
-                    "rolebinding",
-                    name,
-                    "-n",
-                    ns,
-                    &format!("--role={name}"),
-                    &format!("--serviceaccount={sa}"),
-                ])
-                .success();
-            self.await_rbac(name, verbs[0], ns).await;
-        }
-        self.cp
-            .kubectl(&["create", "token", name, "-n", ns, "--duration=1h"])
-            .success()
-            .trim()
-            .to_string()
-    }
-
-    /// RBAC reaches the authorizer through an informer: wait until it sees the grant.
-    async fn await_rbac(&self, account: &str, verb: &str, ns: &str) {
-        let user = format!("system:serviceaccount:{}:{account}", self.ns);
-        eventually(WAIT, "RBAC to grant the new Role", || async {
-            let out = self.cp.kubectl(&[
-                "auth",
-                "can-i",
-                verb,
-                "jobs.kiln.dev",
-                "--subresource=files",
-                "-n",
-                ns,
-                &format!("--as={user}"),
-            ]);
-            out.status.success().then_some(())
-        })
-        .await;
+        let can_i = verbs
+            .first()
+            .map(|verb| [*verb, "jobs.kiln.dev", "--subresource=files"]);
+        let grant = can_i.as_ref().map(|can_i| Grant {
+            rules: json!([{"apiGroups": ["kiln.dev"], "resources": ["jobs/files"], "verbs": verbs}]),
+            can_i,
+        });
+        self.cp.service_account(&self.ns, name, grant).await
     }
 
     async fn create_job(&self, name: &str, project: &str) -> KilnJob {

@@ -20,8 +20,8 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::{
-    ControlPlane, HttpBody, HttpResponse, ObjectStore, Operator, OperatorOptions, control_plane,
-    eventually, http_request, namespace, noise,
+    ControlPlane, Grant, HttpBody, HttpResponse, ObjectStore, Operator, OperatorOptions,
+    control_plane, eventually, http_request, namespace, noise,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -67,50 +67,11 @@ fn sha(data: &[u8]) -> String {
 impl World {
     /// A service account allowed everything on `jobs/files`, and its token.
     async fn account(&self, name: &str) -> String {
-        let ns = self.ns.as_str();
-        self.cp
-            .kubectl(&["create", "serviceaccount", name, "-n", ns])
-            .success();
-        let role = json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": name, "namespace": ns},
-            "rules": [{"apiGroups": ["kiln.dev"], "resources": ["jobs/files"], "verbs": ALL_VERBS}],
-        });
-        self.cp
-            .kubectl_stdin(&["apply", "-f", "-"], Some(&role.to_string()))
-            .success();
-        self.cp
-            .kubectl(&[
-                "create",
-                "rolebinding",
-                name,
-                "-n",
-                ns,
-                &format!("--role={name}"),
-                &format!("--serviceaccount={ns}:{name}"),
-            ])
-            .success();
-        let user = format!("system:serviceaccount:{ns}:{name}");
-        eventually(WAIT, "RBAC to grant the new Role", || async {
-            let out = self.cp.kubectl(&[
-                "auth",
-                "can-i",
-                "create",
-                "jobs.kiln.dev",
-                "--subresource=files",
-                "-n",
-                ns,
-                &format!("--as={user}"),
-            ]);
-            out.status.success().then_some(())
-        })
-        .await;
-        self.cp
-            .kubectl(&["create", "token", name, "-n", ns, "--duration=1h"])
-            .success()
-            .trim()
-            .to_string()
+        let grant = Grant {
+            rules: json!([{"apiGroups": ["kiln.dev"], "resources": ["jobs/files"], "verbs": ALL_VERBS}]),
+            can_i: &["create", "jobs.kiln.dev", "--subresource=files"],
+        };
+        self.cp.service_account(&self.ns, name, Some(grant)).await
     }
 
     async fn create_job(&self, name: &str, spec: Value) -> KilnJob {
