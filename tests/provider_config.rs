@@ -153,6 +153,19 @@ impl World {
     }
 
     /// Reasons of the Events about `name`, oldest first.
+    /// Waits for an Event with `reason` about `name`: Events are written in the background,
+    /// so one may land just after the status that reports the same change.
+    async fn wait_event(&self, name: &str, reason: &str) {
+        eventually(WAIT, &format!("a {reason} Event about {name}"), || async {
+            self.event_reasons(name)
+                .await
+                .iter()
+                .any(|r| r == reason)
+                .then_some(())
+        })
+        .await;
+    }
+
     async fn event_reasons(&self, name: &str) -> Vec<String> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
         let mut list: Vec<Event> = events
@@ -326,11 +339,7 @@ async fn derived_objects_have_the_right_content_and_owner() {
         poked.resource_version(),
         "the status was rewritten without a change"
     );
-    assert!(
-        w.event_reasons("main")
-            .await
-            .contains(&"Synced".to_string())
-    );
+    w.wait_event("main", "Synced").await;
 }
 
 #[tokio::test]
@@ -433,19 +442,11 @@ async fn oldest_default_wins_and_the_other_reports_a_conflict() {
         w.provider_json("a-younger-provider").await.unwrap()["default"],
         false
     );
-    assert!(
-        w.event_reasons("a-younger")
-            .await
-            .contains(&"DefaultConflict".to_string())
-    );
+    w.wait_event("a-younger", "DefaultConflict").await;
     w.wait_metric("kiln_provider_default_conflicts 1").await;
     w.wait_metric(r#"kiln_objects{kind="ProviderConfig",phase="Ready"} 2"#)
         .await;
-    assert!(
-        w.event_reasons("z-older")
-            .await
-            .contains(&"DefaultElected".to_string())
-    );
+    w.wait_event("z-older", "DefaultElected").await;
 }
 
 #[tokio::test]
@@ -673,11 +674,7 @@ async fn deactivating_a_key_removes_it_from_the_derived_secret() {
         data["API_KEY"], "sk-b",
         "API_KEY moves to the first active key"
     );
-    assert!(
-        w.event_reasons("dk")
-            .await
-            .contains(&"KeyDeactivated".to_string())
-    );
+    w.wait_event("dk", "KeyDeactivated").await;
 }
 
 #[tokio::test]
@@ -761,11 +758,7 @@ async fn a_missing_secret_or_key_keeps_the_last_good_credentials() {
     // Fixed: Ready again.
     w.put_secret("keys", &[("primary", "sk-good")]).await;
     w.wait_ready("mk").await;
-    assert!(
-        w.event_reasons("mk")
-            .await
-            .contains(&"SecretNotFound".to_string())
-    );
+    w.wait_event("mk", "SecretNotFound").await;
 }
 
 fn deployment(name: &str, follow: Option<&str>) -> Value {
@@ -889,16 +882,8 @@ async fn followers_roll_out_once_per_burst_and_never_on_create_or_restart() {
         Some(1),
         "a non-follower was touched"
     );
-    assert!(
-        w.event_reasons("llm")
-            .await
-            .contains(&"RolloutTriggered".to_string())
-    );
-    assert!(
-        w.event_reasons("web")
-            .await
-            .contains(&"RolloutTriggered".to_string())
-    );
+    w.wait_event("llm", "RolloutTriggered").await;
+    w.wait_event("web", "RolloutTriggered").await;
     w.wait_metric(r#"kiln_provider_rollouts_total{kind="Deployment"} 1"#)
         .await;
 

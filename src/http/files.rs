@@ -13,18 +13,15 @@
 //! bodies are read whole (they must be parsed whole), bounded by what the limits allow.
 
 use std::collections::BTreeSet;
-use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::body::{Body, BodyDataStream, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use futures::StreamExt;
 use kube::Client;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -33,7 +30,12 @@ use tokio_util::io::ReaderStream;
 use super::AppState;
 use super::audit::{FileAction, FileAudit};
 use super::auth::{Access, Auth, Caller, Verb};
+use super::body::{
+    BatchRequest, BodyReader, FileContent, batch_body_limit, content_length, json_body_limit,
+    parse_json, read_body,
+};
 use super::error::ApiError;
+use super::headers::{attachment, content_type, etag_matches};
 use super::jobs::{Jobs, Target, check_names};
 use super::listing::ListQuery;
 use crate::api::KilnJob;
@@ -41,14 +43,6 @@ use crate::api::job::JobPhase;
 use crate::nudge::{Nudge, Throttled};
 use crate::workspace::{self, FileInfo, JobPath, Sensitivity, Workspace, WriteOutcome};
 
-/// JSON adds this much around a file's content (path, field names, escapes of a short text).
-const JSON_OVERHEAD: u64 = 64 * 1024;
-/// A batch body may always be this large, even when `max_file_bytes` is small: a batch is
-/// for many small files. Large files go through PUT, which streams.
-const MIN_BATCH_BODY: u64 = 16 * 1024 * 1024;
-/// A client that sends nothing for this long loses its request (and the blocking thread an
-/// upload holds).
-const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a request for a Job that Kiln has not set up yet waits for its workspace.
 const WORKSPACE_WAIT: Duration = Duration::from_secs(5);
 /// Chunk size of streamed downloads.
@@ -258,169 +252,6 @@ fn params(params: PathParams) -> Result<Params, ApiError> {
 /// A file's path from the URL or a JSON body, or 400 naming the rule it breaks.
 fn job_path(path: &str) -> Result<JobPath, ApiError> {
     JobPath::parse(path).map_err(|e| workspace::Error::invalid_path(path, e).into())
-}
-
-/// One file of a JSON write: `{path, content, encoding?}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileContent {
-    path: String,
-    content: String,
-    #[serde(default)]
-    encoding: Encoding,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-enum Encoding {
-    #[default]
-    #[serde(rename = "utf-8", alias = "utf8")]
-    Utf8,
-    #[serde(rename = "base64")]
-    Base64,
-}
-
-impl FileContent {
-    /// The file's bytes. Base64 is accepted with or without padding.
-    fn into_bytes(self) -> Result<Vec<u8>, ApiError> {
-        match self.encoding {
-            Encoding::Utf8 => Ok(self.content.into_bytes()),
-            Encoding::Base64 => BASE64.decode(self.content.as_bytes()).map_err(|e| {
-                ApiError::validation(format!(
-                    "content of {:?} is not valid base64: {e}",
-                    self.path
-                ))
-            }),
-        }
-    }
-}
-
-const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    base64::engine::GeneralPurposeConfig::new()
-        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-);
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchRequest {
-    files: Vec<FileContent>,
-}
-
-/// Largest JSON body for one file: its content base64-encoded, plus the JSON around it.
-fn json_body_limit(max_file_bytes: u64) -> u64 {
-    max_file_bytes
-        .div_ceil(3)
-        .saturating_mul(4)
-        .saturating_add(JSON_OVERHEAD)
-}
-
-fn batch_body_limit(max_file_bytes: u64) -> u64 {
-    json_body_limit(max_file_bytes).max(MIN_BATCH_BODY)
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// Reads a whole body of at most `limit` bytes: 413 before reading when `Content-Length`
-/// says it is larger, and as soon as it grows larger otherwise.
-pub(super) async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: u64,
-) -> Result<Vec<u8>, ApiError> {
-    let too_large = |size: u64| {
-        ApiError::payload_too_large(format!(
-            "the request body is {size} bytes or more, over the limit of {limit} bytes for JSON \
-             bodies; upload large files with PUT .../files/<path>, which streams"
-        ))
-        .with_details(json!({"limitBytes": limit}))
-    };
-    let declared = content_length(headers);
-    if let Some(size) = declared
-        && size > limit
-    {
-        return Err(too_large(size));
-    }
-    let mut data = Vec::with_capacity(declared.unwrap_or(0) as usize);
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = next_chunk(&mut stream).await? {
-        if (data.len() + chunk.len()) as u64 > limit {
-            return Err(too_large((data.len() + chunk.len()) as u64));
-        }
-        data.extend_from_slice(&chunk);
-    }
-    Ok(data)
-}
-
-async fn next_chunk(stream: &mut BodyDataStream) -> Result<Option<Bytes>, ApiError> {
-    match tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next()).await {
-        Err(_) => Err(ApiError::validation("the request body stalled")),
-        Ok(None) => Ok(None),
-        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
-        Ok(Some(Err(e))) => Err(ApiError::validation(format!(
-            "reading the request body failed: {e}"
-        ))),
-    }
-}
-
-pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::validation(format!(
-            "the request body is not valid JSON for this request: {e}"
-        ))
-    })
-}
-
-/// A request body as a blocking [`Read`], for [`Workspace::write_from_reader`] on the
-/// blocking pool. It pulls one chunk at a time, only when the workspace asks: a write refused
-/// before streaming (a limit exceeded by `Content-Length`) reads nothing, and a write that
-/// exceeds a limit while streaming stops reading there.
-struct BodyReader {
-    stream: BodyDataStream,
-    runtime: tokio::runtime::Handle,
-    chunk: Bytes,
-}
-
-impl BodyReader {
-    fn new(body: Body) -> Self {
-        BodyReader {
-            stream: body.into_data_stream(),
-            runtime: tokio::runtime::Handle::current(),
-            chunk: Bytes::new(),
-        }
-    }
-}
-
-impl Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.chunk.is_empty() {
-            // The timer is created inside `block_on`, where the runtime's time driver is.
-            let stream = &mut self.stream;
-            let next = self
-                .runtime
-                .block_on(async { tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next()).await });
-            match next {
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the request body stalled",
-                    ));
-                }
-                Ok(None) => return Ok(0),
-                Ok(Some(Ok(chunk))) => self.chunk = chunk,
-                Ok(Some(Err(e))) => return Err(io::Error::other(e)),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
-    }
 }
 
 /// Runs workspace code on the blocking pool.
@@ -804,216 +635,4 @@ fn stream_file(
         h.insert(name, value.clone());
     }
     response
-}
-
-/// Whether `If-None-Match` names the archive's sha256 (or `*`). Weak tags compare equal, as
-/// RFC 9110 wants for `If-None-Match`.
-fn etag_matches(headers: &HeaderMap, sha256: &str) -> bool {
-    let ours = format!("\"{sha256}\"");
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == ours)
-}
-
-/// `Content-Disposition` for `<projectName>.zip`. `filename` keeps `[A-Za-z0-9._-]` and turns
-/// everything else into `_` (and a leading `.` too, so the download is not a hidden file);
-/// when that lost letters of other scripts, `filename*` (RFC 5987) keeps them, under the
-/// same rule for everything that is not a letter or digit, so that no client can be given a
-/// path separator, a quote or a control character in either.
-fn attachment(project: &str) -> String {
-    let sanitise = |keep: fn(char) -> bool| -> String {
-        project
-            .chars()
-            .enumerate()
-            .map(|(i, c)| {
-                if keep(c) && !(i == 0 && c == '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    let ascii = sanitise(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    let unicode = sanitise(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    let mut value = format!("attachment; filename=\"{ascii}.zip\"");
-    if unicode != ascii {
-        let encoded: String = unicode
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        value.push_str(&format!("; filename*=UTF-8''{encoded}.zip"));
-    }
-    value
-}
-
-/// A Content-Type guessed from the file name: JSON, plain text for common text formats, else
-/// bytes. Markup and scripts are served as plain text on purpose: the API is not a web server.
-fn content_type(path: &JobPath) -> &'static str {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    let name = path.file_name();
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, ext)| ext.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "json" => "application/json",
-        "txt" | "md" | "markdown" | "rst" | "adoc" | "yaml" | "yml" | "toml" | "ini" | "cfg"
-        | "conf" | "env" | "properties" | "csv" | "tsv" | "log" | "xml" | "html" | "htm"
-        | "css" | "scss" | "svg" | "js" | "mjs" | "cjs" | "jsx" | "ts" | "tsx" | "vue" | "rs"
-        | "py" | "go" | "java" | "kt" | "kts" | "scala" | "c" | "h" | "cc" | "cpp" | "hpp"
-        | "cs" | "rb" | "php" | "pl" | "lua" | "swift" | "r" | "sql" | "graphql" | "proto"
-        | "tf" | "hcl" | "sh" | "bash" | "zsh" | "ps1" | "bat" | "j2" | "jinja" | "tpl"
-        | "gitignore" | "dockerignore" | "editorconfig" | "lock" | "gradle" => TEXT,
-        _ if matches!(
-            name,
-            "Dockerfile" | "Makefile" | "README" | "LICENSE" | "NOTICE" | "CODEOWNERS"
-        ) =>
-        {
-            TEXT
-        }
-        _ => "application/octet-stream",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_limits_allow_a_whole_base64_file() {
-        assert_eq!(json_body_limit(3), 4 + JSON_OVERHEAD);
-        assert_eq!(json_body_limit(1024), 1368 + JSON_OVERHEAD);
-        assert!(json_body_limit(10 << 20) >= (10 << 20) * 4 / 3);
-        assert_eq!(batch_body_limit(1024), MIN_BATCH_BODY);
-        assert!(batch_body_limit(100 << 20) > MIN_BATCH_BODY);
-        assert_eq!(json_body_limit(u64::MAX), u64::MAX);
-    }
-
-    #[test]
-    fn content_is_decoded_by_its_encoding() {
-        let file = |content: &str, encoding| FileContent {
-            path: "a".into(),
-            content: content.into(),
-            encoding,
-        };
-        assert_eq!(
-            file("hé", Encoding::Utf8).into_bytes().unwrap(),
-            "hé".as_bytes()
-        );
-        assert_eq!(
-            file("AAEC/w==", Encoding::Base64).into_bytes().unwrap(),
-            [0, 1, 2, 255]
-        );
-        assert_eq!(
-            file("AAEC/w", Encoding::Base64).into_bytes().unwrap(),
-            [0, 1, 2, 255]
-        );
-        let e = file("not base64!", Encoding::Base64)
-            .into_bytes()
-            .unwrap_err();
-        assert_eq!(e.code, "validation_error");
-
-        let parsed: FileContent =
-            serde_json::from_str(r#"{"path":"a","content":"x","encoding":"base64"}"#).unwrap();
-        assert_eq!(parsed.encoding, Encoding::Base64);
-        let parsed: FileContent = serde_json::from_str(r#"{"path":"a","content":"x"}"#).unwrap();
-        assert_eq!(parsed.encoding, Encoding::Utf8);
-        // A misspelt field would otherwise write base64 text as the content.
-        assert!(
-            serde_json::from_str::<FileContent>(r#"{"path":"a","content":"x","encodng":"base64"}"#)
-                .is_err()
-        );
-        assert!(
-            serde_json::from_str::<FileContent>(r#"{"path":"a","content":"x","encoding":"hex"}"#)
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn attachment_names_are_sanitised() {
-        assert_eq!(
-            attachment("my-app_1.0"),
-            r#"attachment; filename="my-app_1.0.zip""#
-        );
-        assert_eq!(
-            attachment("../../etc/pass wd\"\r\n"),
-            r#"attachment; filename="_._.._etc_pass_wd___.zip""#
-        );
-        assert_eq!(
-            attachment(".hidden"),
-            r#"attachment; filename="_hidden.zip""#
-        );
-        assert_eq!(
-            attachment("Café/x"),
-            "attachment; filename=\"Caf__x.zip\"; filename*=UTF-8''Caf%C3%A9_x.zip"
-        );
-        for name in ["a\u{0}b", "日本語", "x;y=\"z\"", "a\\b"] {
-            assert!(HeaderValue::from_str(&attachment(name)).is_ok(), "{name:?}");
-        }
-    }
-
-    #[test]
-    fn if_none_match_compares_tags() {
-        let mut h = HeaderMap::new();
-        assert!(!etag_matches(&h, "abc"));
-        h.insert(
-            header::IF_NONE_MATCH,
-            HeaderValue::from_static("\"x\", W/\"abc\""),
-        );
-        assert!(etag_matches(&h, "abc"));
-        assert!(!etag_matches(&h, "ab"));
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
-        assert!(etag_matches(&h, "anything"));
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("abc"));
-        assert!(!etag_matches(&h, "abc"), "an unquoted tag is not a tag");
-    }
-
-    #[test]
-    fn content_types_are_guessed_from_names() {
-        let ct = |p: &str| content_type(&JobPath::parse(p).unwrap());
-        assert_eq!(ct("a/config.json"), "application/json");
-        assert_eq!(ct("README.md"), "text/plain; charset=utf-8");
-        assert_eq!(ct("src/index.HTML"), "text/plain; charset=utf-8");
-        assert_eq!(ct("Dockerfile"), "text/plain; charset=utf-8");
-        assert_eq!(ct("logo.png"), "application/octet-stream");
-        assert_eq!(ct("noext"), "application/octet-stream");
-    }
-
-    #[test]
-    fn body_reader_streams_chunks_in_order() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let chunks: Vec<Result<Bytes, io::Error>> = vec![
-            Ok(Bytes::from_static(b"hello ")),
-            Ok(Bytes::new()),
-            Ok(Bytes::from_static(b"world")),
-        ];
-        let body = Body::from_stream(futures::stream::iter(chunks));
-        let mut reader = rt.block_on(async { BodyReader::new(body) });
-        let out = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let mut small = [0u8; 4];
-            loop {
-                let n = reader.read(&mut small).unwrap();
-                if n == 0 {
-                    break;
-                }
-                out.extend_from_slice(&small[..n]);
-            }
-            out
-        })
-        .join()
-        .unwrap();
-        assert_eq!(out, b"hello world");
-    }
 }

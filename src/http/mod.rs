@@ -2,9 +2,11 @@
 
 pub mod audit;
 pub mod auth;
+mod body;
 pub mod cache;
 pub mod error;
 pub mod files;
+mod headers;
 pub mod health;
 pub mod jobs;
 pub mod listing;

@@ -22,9 +22,9 @@ use serde_json::json;
 
 use super::AppState;
 use super::auth::{Access, Auth};
+use super::body::{parse_json, read_body};
 use super::cache::{Cached, check_names};
 use super::error::ApiError;
-use super::files::{parse_json, read_body};
 use crate::api::provider_config::ProviderConfig;
 use crate::key_usage::KeyUsage;
 use crate::metrics::Metrics;
