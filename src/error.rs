@@ -41,6 +41,36 @@ impl Error {
     }
 }
 
+impl Error {
+    /// What a `ReconcileFailed` Event says: what Kiln was doing and the API server's status
+    /// reason and code, never the server's message. That message may quote the object Kiln
+    /// sent (a webhook's refusal, say), which for a derived Secret holds key values, and
+    /// Events are readable by everyone with `view` in the namespace; the operator's log has
+    /// the whole error.
+    pub fn summary(&self) -> String {
+        match self {
+            Error::Kube { action, source } => match source {
+                kube::Error::Api(status) => format!(
+                    "Kubernetes API call failed while {action}: {} ({})",
+                    if status.reason.is_empty() {
+                        "no reason given"
+                    } else {
+                        status.reason.as_str()
+                    },
+                    status.code
+                ),
+                _ => format!("Kubernetes API call failed while {action}: connection or client error"),
+            },
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.summary(),
+                _ => "updating the finalizer failed".to_owned(),
+            },
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Extension to attach what Kiln was doing to a kube error.
 pub trait KubeContext<T> {
     fn context(self, action: impl Into<String>) -> Result<T, Error>;
@@ -56,3 +86,36 @@ impl<T> KubeContext<T> for Result<T, kube::Error> {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_keep_the_reason_and_drop_the_servers_message() {
+        let status = kube::core::Status {
+            code: 422,
+            reason: "Invalid".into(),
+            message: "admission webhook denied: data.API_KEY=sk-secret-value".into(),
+            ..Default::default()
+        };
+        let e = Error::Kube {
+            action: "applying Secret llm-credentials".into(),
+            source: kube::Error::Api(Box::new(status)),
+        };
+        let summary = e.summary();
+        assert_eq!(
+            summary,
+            "Kubernetes API call failed while applying Secret llm-credentials: Invalid (422)"
+        );
+        assert!(e.to_string().contains("sk-secret-value"), "the log keeps it");
+        let wrapped = Error::Finalizer(Box::new(
+            kube::runtime::finalizer::Error::ApplyFailed(e),
+        ));
+        assert_eq!(wrapped.summary(), summary);
+        assert_eq!(
+            Error::Workspace("disk full".into()).summary(),
+            "workspace: disk full"
+        );
+    }
+}

@@ -98,6 +98,19 @@ impl Context {
     ) where
         K: Resource<DynamicType = ()>,
     {
+        self.event_for(obj.object_ref(&()), type_, reason, action, note)
+            .await;
+    }
+
+    /// [`Context::event`] about an object known by its reference.
+    pub async fn event_for(
+        &self,
+        reference: k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: impl Into<String>,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
@@ -105,7 +118,6 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        let reference = obj.object_ref(&());
         let recorder = self.recorder.clone();
         let Ok(permit) = self.events_in_flight.clone().acquire_owned().await else {
             return;

@@ -130,7 +130,7 @@ where
 /// (see [`backoff`]).
 pub fn backoff_on_error<K>(
     controller: &'static str,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     error: &Error,
     obj: &K,
 ) -> Action
@@ -145,6 +145,23 @@ where
         .backoff
         .failed(&backoff::key(controller, meta.namespace.as_deref(), name));
     warn!(controller, object = %ObjectRef::from_obj(obj), %error, retry_in = ?delay, "reconcile failed; retrying");
+    // On the object, where `kubectl describe` shows it; at most one per retry.
+    let (ctx, reference) = (ctx.clone(), obj.object_ref(&()));
+    let note = format!(
+        "{}; retrying in {}s (the operator's log has the details)",
+        error.summary(),
+        delay.as_secs()
+    );
+    tokio::spawn(async move {
+        ctx.event_for(
+            reference,
+            kube::runtime::events::EventType::Warning,
+            "ReconcileFailed",
+            "Reconcile",
+            note,
+        )
+        .await;
+    });
     Action::requeue(delay)
 }
 
