@@ -875,3 +875,48 @@ async fn a_resync_of_settled_drafts_writes_nothing() {
         "{reconciles}"
     );
 }
+
+/// A write the API server refuses (here a ResourceQuota allowing no more ConfigMaps) is
+/// retried with a growing delay and reported on the Draft as a Warning Event that names what
+/// Kiln was doing and the server's reason; when the cause goes, the draft publishes.
+#[tokio::test]
+async fn refused_writes_are_reported_on_the_object_and_retried() {
+    let w = world("d-refused", &[]).await;
+    let quota = json!({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "no-configmaps"},
+        "spec": {"hard": {"count/configmaps": "0"}},
+    });
+    w.cp.kubectl_stdin(&["apply", "-n", &w.ns, "-f", "-"], Some(&quota.to_string()))
+        .success();
+    w.create(&draft(
+        "q",
+        "content",
+        content_config("quota"),
+        json!({"publish": {"configId": "quota"}}),
+    ))
+    .await;
+    let events = eventually(WAIT, "a ReconcileFailed Event on the draft", || async {
+        let events = w.events("ReconcileFailed").await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    let event = &events[0];
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("q")
+    );
+    let note = event.note.clone().unwrap_or_default();
+    assert!(note.contains("Forbidden (403)"), "{note}");
+    assert!(note.contains("retrying in"), "{note}");
+    assert!(!note.contains("exceeded quota"), "the server's message stays in the log: {note}");
+
+    w.cp.kubectl(&["delete", "resourcequota", "no-configmaps", "-n", &w.ns])
+        .success();
+    // The next retry (at most 20 s after the third failure) publishes.
+    w.wait("q", "published once the quota is gone", |d| {
+        d.status.as_ref().is_some_and(|s| s.published.is_some())
+    })
+    .await;
+}
