@@ -59,7 +59,9 @@ impl Error {
                     },
                     status.code
                 ),
-                _ => format!("Kubernetes API call failed while {action}: connection or client error"),
+                _ => {
+                    format!("Kubernetes API call failed while {action}: connection or client error")
+                }
             },
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
@@ -108,10 +110,11 @@ mod tests {
             summary,
             "Kubernetes API call failed while applying Secret llm-credentials: Invalid (422)"
         );
-        assert!(e.to_string().contains("sk-secret-value"), "the log keeps it");
-        let wrapped = Error::Finalizer(Box::new(
-            kube::runtime::finalizer::Error::ApplyFailed(e),
-        ));
+        assert!(
+            e.to_string().contains("sk-secret-value"),
+            "the log keeps it"
+        );
+        let wrapped = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(e)));
         assert_eq!(wrapped.summary(), summary);
         assert_eq!(
             Error::Workspace("disk full".into()).summary(),

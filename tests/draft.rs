@@ -876,19 +876,49 @@ async fn a_resync_of_settled_drafts_writes_nothing() {
     );
 }
 
-/// A write the API server refuses (here a ResourceQuota allowing no more ConfigMaps) is
-/// retried with a growing delay and reported on the Draft as a Warning Event that names what
-/// Kiln was doing and the server's reason; when the cause goes, the draft publishes.
+/// A write the API server refuses (here a ValidatingAdmissionPolicy against published
+/// ConfigMaps in the test's namespace) is retried with a growing delay and reported on the
+/// Draft as a Warning Event naming what Kiln was doing and the server's reason, without the
+/// server's message; when the cause goes, the draft publishes.
 #[tokio::test]
 async fn refused_writes_are_reported_on_the_object_and_retried() {
     let w = world("d-refused", &[]).await;
-    let quota = json!({
-        "apiVersion": "v1", "kind": "ResourceQuota",
-        "metadata": {"name": "no-configmaps"},
-        "spec": {"hard": {"count/configmaps": "0"}},
+    let name = format!("kiln-test-deny-{}", w.ns);
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]}]},
+            "validations": [{
+                "expression": "!has(object.metadata.labels) || !('kiln.dev/config-id' in object.metadata.labels)",
+                "message": "the server's own words: no published ConfigMaps here",
+            }],
+        },
     });
-    w.cp.kubectl_stdin(&["apply", "-n", &w.ns, "-f", "-"], Some(&quota.to_string()))
-        .success();
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": w.ns}}}},
+    });
+    for object in [&policy, &binding] {
+        w.cp.kubectl_stdin(&["apply", "-f", "-"], Some(&object.to_string()))
+            .success();
+    }
+    // The API server enforces a policy once its informer has it: probe with a dry run.
+    let probe = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "probe", "namespace": w.ns, "labels": {"kiln.dev/config-id": "x"}}});
+    eventually(WAIT, "the policy to be enforced", || async {
+        let out = w.cp.kubectl_stdin(
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(&probe.to_string()),
+        );
+        (!out.status.success()).then_some(())
+    })
+    .await;
+
     w.create(&draft(
         "q",
         "content",
@@ -908,14 +938,23 @@ async fn refused_writes_are_reported_on_the_object_and_retried() {
         Some("q")
     );
     let note = event.note.clone().unwrap_or_default();
-    assert!(note.contains("Forbidden (403)"), "{note}");
+    assert!(note.contains("Invalid (422)"), "{note}");
     assert!(note.contains("retrying in"), "{note}");
-    assert!(!note.contains("exceeded quota"), "the server's message stays in the log: {note}");
+    assert!(
+        !note.contains("own words"),
+        "the server's message stays in the log: {note}"
+    );
+    assert!(
+        w.op.logs().contains("own words"),
+        "the log has the whole error"
+    );
 
-    w.cp.kubectl(&["delete", "resourcequota", "no-configmaps", "-n", &w.ns])
+    w.cp.kubectl(&["delete", "validatingadmissionpolicybinding", &name])
+        .success();
+    w.cp.kubectl(&["delete", "validatingadmissionpolicy", &name])
         .success();
     // The next retry (at most 20 s after the third failure) publishes.
-    w.wait("q", "published once the quota is gone", |d| {
+    w.wait("q", "published once the policy is gone", |d| {
         d.status.as_ref().is_some_and(|s| s.published.is_some())
     })
     .await;
