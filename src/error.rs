@@ -39,9 +39,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
         }
     }
-}
 
-impl Error {
     /// What a `ReconcileFailed` Event says: what Kiln was doing and the API server's status
     /// reason and code, never the server's message. That message may quote the object Kiln
     /// sent (a webhook's refusal, say), which for a derived Secret holds key values, and

@@ -8,7 +8,7 @@
 //! yet flushed are lost if the operator stops: `lastUsedTime` may lag by one interval, never
 //! run ahead.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -68,22 +68,20 @@ impl KeyUsage {
             .pending
             .entry((namespace.to_owned(), name.to_owned()))
             .or_default();
-        let time = times.entry(key.to_owned()).or_insert(at);
-        *time = (*time).max(at);
+        keep_later(times, key.to_owned(), at);
     }
 
     /// Makes the pending reports visible to the status and asks the controller to write them.
     /// Returns how many ProviderConfigs had new reports.
     pub fn flush(&self) -> usize {
-        let nudged: HashSet<ConfigRef> = {
+        let nudged: Vec<ConfigRef> = {
             let mut st = self.lock();
             let pending = std::mem::take(&mut st.pending);
             let nudged = pending.keys().cloned().collect();
             for (config, times) in pending {
                 let flushed = st.flushed.entry(config).or_default();
                 for (key, at) in times {
-                    let time = flushed.entry(key).or_insert(at);
-                    *time = (*time).max(at);
+                    keep_later(flushed, key, at);
                 }
             }
             nudged
@@ -124,6 +122,12 @@ impl KeyUsage {
             }
         }
     }
+}
+
+/// Records `at` for `key` unless a later time is already there: times only move forward.
+fn keep_later(times: &mut LastUsed, key: String, at: Timestamp) {
+    let time = times.entry(key).or_insert(at);
+    *time = (*time).max(at);
 }
 
 #[cfg(test)]

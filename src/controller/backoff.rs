@@ -20,21 +20,24 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Records a failure of `object` (a key naming the controller and the object) and
-    /// returns how long to wait before retrying it.
-    pub fn failed(&self, object: &str) -> Duration {
+    /// Records a failure of an object of `controller` and returns how long to wait before
+    /// retrying it.
+    pub fn failed(&self, controller: &str, namespace: Option<&str>, name: &str) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = failures.entry(object.to_owned()).or_insert(0);
+        let n = failures
+            .entry(key(controller, namespace, name))
+            .or_insert(0);
         *n = n.saturating_add(1);
         delay(*n)
     }
 
-    /// Forgets the failures of `object` after it reconciled.
-    pub fn succeeded(&self, object: &str) {
+    /// Forgets the failures of an object after it reconciled.
+    pub fn succeeded(&self, controller: &str, namespace: Option<&str>, name: &str) {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        // Most reconciles succeed with nothing to forget: no allocation for them.
+        // Every reconcile ends here; most with nothing to forget, and then without building
+        // a key.
         if !failures.is_empty() {
-            failures.remove(object);
+            failures.remove(&key(controller, namespace, name));
         }
     }
 }
@@ -45,8 +48,8 @@ pub fn delay(failures: u32) -> Duration {
     FIRST.saturating_mul(1 << doublings).min(MAX)
 }
 
-/// The key of an object for [`Backoff`].
-pub fn key(controller: &str, namespace: Option<&str>, name: &str) -> String {
+/// The key of an object in [`Backoff`].
+fn key(controller: &str, namespace: Option<&str>, name: &str) -> String {
     format!("{controller}/{}/{name}", namespace.unwrap_or(""))
 }
 
@@ -64,12 +67,18 @@ mod tests {
     #[test]
     fn each_object_counts_alone_and_a_success_starts_over() {
         let b = Backoff::default();
-        let (a, c) = (key("draft", Some("ns"), "a"), key("draft", Some("ns"), "c"));
-        assert_eq!(b.failed(&a), Duration::from_secs(5));
-        assert_eq!(b.failed(&a), Duration::from_secs(10));
-        assert_eq!(b.failed(&c), Duration::from_secs(5), "another object");
-        assert_eq!(b.failed(&a), Duration::from_secs(20));
-        b.succeeded(&a);
-        assert_eq!(b.failed(&a), Duration::from_secs(5), "after a success");
+        let a = ("draft", Some("ns"), "a");
+        let fail =
+            |(controller, ns, name): (&str, Option<&str>, &str)| b.failed(controller, ns, name);
+        assert_eq!(fail(a), Duration::from_secs(5));
+        assert_eq!(fail(a), Duration::from_secs(10));
+        assert_eq!(
+            fail(("draft", Some("ns"), "c")),
+            Duration::from_secs(5),
+            "another object"
+        );
+        assert_eq!(fail(a), Duration::from_secs(20));
+        b.succeeded("draft", Some("ns"), "a");
+        assert_eq!(fail(a), Duration::from_secs(5), "after a success");
     }
 }

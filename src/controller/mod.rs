@@ -81,11 +81,8 @@ pub async fn drive<K, R, E>(
             async move {
                 match result {
                     Ok((obj, _)) => {
-                        ctx.backoff.succeeded(&backoff::key(
-                            name,
-                            obj.namespace.as_deref(),
-                            &obj.name,
-                        ));
+                        ctx.backoff
+                            .succeeded(name, obj.namespace.as_deref(), &obj.name);
                         tracing::debug!(controller = name, object = %obj, "reconciled")
                     }
                     Err(error) => warn!(controller = name, %error, "reconcile failed"),
@@ -143,7 +140,7 @@ where
     let name = meta.name.as_deref().unwrap_or("");
     let delay = ctx
         .backoff
-        .failed(&backoff::key(controller, meta.namespace.as_deref(), name));
+        .failed(controller, meta.namespace.as_deref(), name);
     warn!(controller, object = %ObjectRef::from_obj(obj), %error, retry_in = ?delay, "reconcile failed; retrying");
     // On the object, where `kubectl describe` shows it; at most one per retry.
     let (ctx, reference) = (ctx.clone(), obj.object_ref(&()));

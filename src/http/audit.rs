@@ -72,15 +72,10 @@ struct Group {
 pub struct FileAudit {
     recorder: Recorder,
     open: Arc<Mutex<HashMap<GroupKey, Group>>>,
-    window: Duration,
 }
 
 impl FileAudit {
     pub fn new(client: kube::Client, instance: Option<String>) -> Self {
-        Self::with_window(client, instance, WINDOW)
-    }
-
-    fn with_window(client: kube::Client, instance: Option<String>, window: Duration) -> Self {
         let reporter = Reporter {
             controller: "kiln".into(),
             instance,
@@ -88,7 +83,6 @@ impl FileAudit {
         FileAudit {
             recorder: Recorder::new(client, reporter),
             open: Arc::default(),
-            window,
         }
     }
 
@@ -135,7 +129,7 @@ impl FileAudit {
         if opened {
             let audit = self.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(audit.window).await;
+                tokio::time::sleep(WINDOW).await;
                 let group = audit.lock().remove(&key);
                 if let Some(group) = group {
                     audit.publish(&key, group).await;

@@ -8,7 +8,7 @@
 //! managed fields are whole seconds, so ownership decides before time does.
 //!
 //! The controller's cache drops managed fields, the bulk of an object's metadata; it keeps
-//! just this one entry, without its field set ([`keep_spec_manager`]).
+//! just this one entry, without its field set ([`slim_spec_manager`]).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 
@@ -42,29 +42,26 @@ pub fn spec_author(meta: &ObjectMeta) -> Author {
     }
 }
 
-/// Reduces the managed fields to the spec's last writer, without its field set.
-pub fn keep_spec_manager(meta: &mut ObjectMeta) {
-    let kept = spec_manager(meta).map(|e| ManagedFieldsEntry {
-        manager: e.manager.clone(),
-        operation: e.operation.clone(),
-        time: e.time.clone(),
-        ..Default::default()
-    });
-    meta.managed_fields = kept.map(|e| vec![e]);
+/// The author's managed-fields entry without its field set: all the cache keeps of them.
+pub fn slim_spec_manager(meta: &ObjectMeta) -> Option<Vec<ManagedFieldsEntry>> {
+    spec_manager(meta).map(|e| {
+        vec![ManagedFieldsEntry {
+            manager: e.manager.clone(),
+            operation: e.operation.clone(),
+            time: e.time.clone(),
+            ..Default::default()
+        }]
+    })
 }
 
 /// The entry of the config's owner (see the module docs). An entry without a field set is
 /// one this module kept before (the cache's form).
 fn spec_manager(meta: &ObjectMeta) -> Option<&ManagedFieldsEntry> {
-    let main: Vec<&ManagedFieldsEntry> = meta
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|e| e.subresource.as_deref().unwrap_or("").is_empty())
-        .collect();
     let newest = |owns: &dyn Fn(&serde_json::Value) -> bool| {
-        main.iter()
-            .copied()
+        meta.managed_fields
+            .iter()
+            .flatten()
+            .filter(|e| e.subresource.as_deref().unwrap_or("").is_empty())
             .filter(|e| e.fields_v1.as_ref().is_none_or(|f| owns(&f.0)))
             .max_by_key(|e| e.time.as_ref().map(|t| t.0))
     };
@@ -136,13 +133,13 @@ mod tests {
             ]),
             serde_json::json!({}),
         );
-        keep_spec_manager(&mut m);
+        m.managed_fields = slim_spec_manager(&m);
         let kept = m.managed_fields.as_ref().expect("one entry");
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].fields_v1, None);
         assert_eq!(spec_author(&m).manager.as_deref(), Some("b"));
         // Twice changes nothing.
-        keep_spec_manager(&mut m);
+        m.managed_fields = slim_spec_manager(&m);
         assert_eq!(spec_author(&m).manager.as_deref(), Some("b"));
     }
 

@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
 use crate::api::draft::Draft;
@@ -18,13 +17,9 @@ use crate::error::Result;
 /// Slims `draft` for the cache and compacts its config. Of the managed fields, only the
 /// spec's last writer stays, for the history ([`super::author`]).
 pub fn compact(draft: &mut Draft) {
-    let mut author = ObjectMeta {
-        managed_fields: draft.metadata.managed_fields.take(),
-        ..ObjectMeta::default()
-    };
-    super::author::keep_spec_manager(&mut author);
+    let author = super::author::slim_spec_manager(&draft.metadata);
     slim_for_cache(draft);
-    draft.metadata.managed_fields = author.managed_fields;
+    draft.metadata.managed_fields = author;
     if !draft.spec.config.is_string()
         && let Ok(text) = serde_json::to_string(&draft.spec.config)
     {

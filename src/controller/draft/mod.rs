@@ -342,8 +342,12 @@ async fn announce(
             } else {
                 format!("; pruned revisions {pruned:?}")
             };
-            let author = author::spec_author(&draft.metadata);
-            let by = match (&author.manager, &author.cause) {
+            // Who changed it, as the history entry just recorded says.
+            let record = new.history.iter().rev().find(|h| h.revision == *revision);
+            let by = match (
+                record.and_then(|h| h.changed_by.as_ref()),
+                record.and_then(|h| h.change_cause.as_ref()),
+            ) {
                 (Some(manager), Some(cause)) => format!(" (changed by {manager}: {cause})"),
                 (Some(manager), None) => format!(" (changed by {manager})"),
                 (None, Some(cause)) => format!(" ({cause})"),
