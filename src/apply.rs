@@ -15,6 +15,9 @@ pub mod managers {
     pub const DRAFT: &str = "kiln/draft";
     pub const JOB: &str = "kiln/job";
     pub const PROVIDER_CONFIG: &str = "kiln/providerconfig";
+    /// The rollout marks on followers' pod templates, whichever object they follow: one
+    /// name for GitOps tools to recognise (`docs/argocd.md`).
+    pub const ROLLOUT: &str = "kiln/rollout";
 }
 
 /// Applies `desired` as the object's whole status, owned by `manager`, unless it already

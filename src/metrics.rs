@@ -85,6 +85,8 @@ pub struct Metrics {
     pub provider_key_rotations: Counter,
     /// Workloads rolled out because a followed ProviderConfig's credentials changed.
     pub provider_rollouts: Family<WorkloadLabels, Counter>,
+    /// Workloads rolled out because a followed published config got a new revision.
+    pub config_rollouts: Family<WorkloadLabels, Counter>,
     /// Key uses reported by clients (`POST .../providerconfigs/{name}/usage`).
     pub provider_key_uses: Family<KeyLabels, Counter>,
     /// ProviderConfigs that claim the default of their type and are not the effective one.
@@ -166,8 +168,14 @@ impl Metrics {
         let provider_rollouts = Family::<WorkloadLabels, Counter>::default();
         registry.register(
             "provider_rollouts",
-            "Workloads rolled out because a followed ProviderConfig's credentials changed",
+            "Workloads rolled out because a followed ProviderConfig's credentials or settings changed",
             provider_rollouts.clone(),
+        );
+        let config_rollouts = Family::<WorkloadLabels, Counter>::default();
+        registry.register(
+            "config_rollouts",
+            "Workloads rolled out because a followed published config got a new revision",
+            config_rollouts.clone(),
         );
         let provider_key_uses = Family::<KeyLabels, Counter>::default();
         registry.register(
@@ -232,6 +240,7 @@ impl Metrics {
             expiry_lag,
             provider_key_rotations,
             provider_rollouts,
+            config_rollouts,
             provider_key_uses,
             provider_default_conflicts,
             provider_conflict_sources: Mutex::new(Vec::new()),
@@ -388,6 +397,14 @@ impl Metrics {
     /// Records one workload rolled out for a ProviderConfig.
     pub fn provider_rollout(&self, kind: &str) {
         self.provider_rollouts
+            .get_or_create(&WorkloadLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn config_rollout(&self, kind: &str) {
+        self.config_rollouts
             .get_or_create(&WorkloadLabels {
                 kind: kind.to_string(),
             })

@@ -40,3 +40,20 @@ pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::S
         "x-kubernetes-preserve-unknown-fields": true,
     })
 }
+
+/// A workload that follows what an object publishes (`kiln.dev/follow`,
+/// `kiln.dev/follow-config`), as its owner's status reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowerStatus {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    /// Its name, in the same namespace.
+    pub name: String,
+    /// What its pod template was last rolled out to: a revision, or the first 12 hex digits
+    /// of a credentials hash. Absent when Kiln never rolled it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_out: Option<String>,
+    /// Whether its pods still run with content older than what is published.
+    pub behind: bool,
+}

@@ -8,7 +8,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Expiration, KeyRef, ValidationIssue, free_form_object};
+use super::common::{Expiration, FollowerStatus, KeyRef, ValidationIssue, free_form_object};
 use super::conditions::conditions_schema;
 
 /// The two config kinds of a content generation system.
@@ -59,6 +59,11 @@ impl std::fmt::Display for ConfigType {
         name = "Revision",
         type_ = "integer",
         json_path = ".status.published.revision"
+    ),
+    printcolumn(
+        name = "Behind",
+        type_ = "integer",
+        json_path = ".status.followersBehind"
     ),
     // `string`, not `date`: kubectl renders a `date` column as an age, and an age in the
     // future as `<invalid>`. As a string the column shows the RFC 3339 time itself.
@@ -215,4 +220,33 @@ pub struct DraftStatus {
     /// Every revision this draft published, oldest first. Never rewritten.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RevisionRecord>,
+    /// Rollouts of the workloads annotated `kiln.dev/follow-config: <configId>-<configType>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<ConfigRolloutStatus>,
+    /// The workloads that follow the published config, and the revision each rolled out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<FollowerStatus>,
+    /// How many followers still run an older revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followers_behind: Option<i32>,
+}
+
+/// Rollouts of the workloads that follow a published config. Kept in status so that a new
+/// revision waiting for its debounce window survives a restart or a change of leader.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigRolloutStatus {
+    /// Since when a new revision waits to be rolled out (the debounce window runs from here).
+    /// Absent when the followers are up to date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<Time>,
+    /// When followers were last rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<Time>,
+    /// The revision of that rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_revision: Option<i64>,
+    /// How many workloads that rollout annotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_workloads: Option<i32>,
 }

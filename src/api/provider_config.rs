@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{KeyRef, free_form_object};
+use super::common::{FollowerStatus, KeyRef, free_form_object};
 use super::conditions::conditions_schema;
 
 /// Desired state of a ProviderConfig.
@@ -34,6 +34,11 @@ use super::conditions::conditions_schema;
         name = "Ready",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Behind",
+        type_ = "integer",
+        json_path = ".status.followersBehind"
     ),
     printcolumn(
         name = "Age",
@@ -152,9 +157,19 @@ pub struct ProviderConfigStatus {
     /// Per-key state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyStatus>,
+    /// Hash of the derived ConfigMap's `provider.json` (what followers' pod templates carry
+    /// beside the credentials hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_hash: Option<String>,
     /// Rollouts of the workloads that follow this config (`kiln.dev/follow`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// The workloads that follow this config, and the credentials hash each rolled out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<FollowerStatus>,
+    /// How many followers still run with older credentials or settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followers_behind: Option<i32>,
 }
 
 /// Rollouts of the workloads annotated `kiln.dev/follow: <this config>`. Kept in status so

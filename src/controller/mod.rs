@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod context;
 pub mod draft;
+pub mod followers;
 pub mod job;
 pub mod lifecycle;
 pub mod provider_config;
@@ -170,10 +171,26 @@ pub fn start(
     let mut probes = Vec::new();
     let mut tasks = Vec::new();
     for scope in Scope::from_namespaces(&ctx.settings.namespaces) {
+        let (workloads, workload_probes, changes) =
+            followers::Workloads::start(&ctx.client, &scope, &shutdown);
+        probes.extend(workload_probes);
+        let workloads = Arc::new(workloads);
         for (probe, task) in [
-            draft::start(ctx.clone(), &scope, shutdown.clone()),
+            draft::start(
+                ctx.clone(),
+                &scope,
+                shutdown.clone(),
+                workloads.clone(),
+                changes.configs,
+            ),
             job::start(ctx.clone(), &scope, shutdown.clone()),
-            provider_config::start(ctx.clone(), &scope, shutdown.clone()),
+            provider_config::start(
+                ctx.clone(),
+                &scope,
+                shutdown.clone(),
+                workloads,
+                changes.providers,
+            ),
         ] {
             probes.push(probe);
             tasks.push(task);

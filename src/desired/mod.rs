@@ -2,6 +2,7 @@
 //! labels and annotations. No client calls here; the controllers apply what these return.
 
 pub mod draft;
+pub mod follow;
 pub mod job;
 pub mod labels;
 pub mod provider_config;

@@ -1,7 +1,8 @@
 //! What a ProviderConfig derives, decided without touching the cluster: the ConfigMap
 //! `<name>-provider` (`provider.json`), the Secret `<name>-credentials` (one entry per active
 //! key plus `API_KEY`), the `default-<type>-*` aliases, key fingerprints and the credentials
-//! hash, the default election, and the `kiln.dev/follow` contract with workloads.
+//! and settings hashes, and the default election (`super::follow` has the contract with the
+//! workloads that follow a config).
 //!
 //! Secret values only ever travel inside [`SecretValue`] and [`Credentials`], whose `Debug`
 //! shows names and sizes, never bytes: a stray `{:?}` in a log line cannot leak a key.
@@ -13,7 +14,7 @@ use hmac::{Hmac, Mac};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -21,6 +22,12 @@ use sha2::Sha256;
 use super::draft::canonical_json;
 use super::labels::{MANAGED_BY, MANAGED_BY_KILN, SHA256, managed_by_kiln};
 use crate::api::provider_config::{ProviderConfig, ProviderConfigSpec};
+
+/// A hash of `provider.json`: what followers' pod templates carry so that a change of
+/// settings rolls them out. Settings are not secret: a plain hash will do.
+pub fn settings_hash(provider_json: &str) -> String {
+    format!("sha256:{}", super::sha256_hex(provider_json.as_bytes()))
+}
 
 /// The one key of the derived ConfigMaps.
 pub const PROVIDER_JSON: &str = "provider.json";
@@ -34,14 +41,6 @@ pub const PROVIDER_TYPE: &str = "kiln.dev/provider-type";
 /// Label: which derived object this is (see [`Role`]). Deliberately not `kiln.dev/role`,
 /// which marks a Draft's published ConfigMaps.
 pub const PROVIDER_ROLE: &str = "kiln.dev/provider-role";
-
-/// Workload annotation: the ProviderConfigs (comma-separated names) it follows.
-pub const FOLLOW: &str = "kiln.dev/follow";
-/// Pod-template annotation prefix: `kiln.dev/credentials-hash-<providerconfig>`.
-pub const CREDENTIALS_HASH_PREFIX: &str = "kiln.dev/credentials-hash-";
-/// Workload annotation (on the workload, not its pod template, so it restarts nothing): when
-/// Kiln last rolled it out. It makes the debounce window hold per workload, across restarts.
-pub const ROLLED_OUT_AT: &str = "kiln.dev/rolled-out-at";
 
 /// Annotation of a derived credentials Secret: the hex key of the HMACs that stand for its
 /// content elsewhere (see [`HashKey`]).
@@ -403,81 +402,6 @@ pub fn elect(mut claimants: Vec<Claimant>) -> Vec<Claimant> {
     claimants
 }
 
-/// The ProviderConfigs a workload follows, from its `kiln.dev/follow` annotation.
-pub fn followed(annotations: Option<&BTreeMap<String, String>>) -> Vec<&str> {
-    annotations
-        .and_then(|a| a.get(FOLLOW))
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The pod-template annotation that carries `config`'s credentials hash. An annotation name
-/// has at most 63 characters; longer config names are shortened and suffixed with a hash of
-/// the full name, so that the key stays unique and valid.
-pub fn hash_annotation(config: &str) -> String {
-    const MAX_NAME: usize = 63;
-    let room = MAX_NAME - (CREDENTIALS_HASH_PREFIX.len() - "kiln.dev/".len());
-    if config.len() <= room {
-        return format!("{CREDENTIALS_HASH_PREFIX}{config}");
-    }
-    let digest = &super::sha256_hex(config.as_bytes())[..8];
-    let keep = room - digest.len() - 1;
-    format!("{CREDENTIALS_HASH_PREFIX}{}-{digest}", &config[..keep])
-}
-
-/// What to do with one follower when its config's credentials changed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FollowerPlan {
-    /// Its pod template already carries the hash.
-    UpToDate,
-    /// Annotate its pod template now.
-    Roll,
-    /// It was rolled out less than one debounce window ago: not before `until`.
-    Wait { until: Timestamp },
-}
-
-/// Decides for one follower. `template` is its pod template's annotations, `annotations` its
-/// own. The per-workload debounce uses [`ROLLED_OUT_AT`], so a workload that follows several
-/// configs is still restarted at most once per window.
-pub fn plan_follower(
-    config: &str,
-    hash: &str,
-    annotations: Option<&BTreeMap<String, String>>,
-    template: Option<&BTreeMap<String, String>>,
-    debounce: SignedDuration,
-    now: Timestamp,
-) -> FollowerPlan {
-    let key = hash_annotation(config);
-    if template.and_then(|t| t.get(&key)).map(String::as_str) == Some(hash) {
-        return FollowerPlan::UpToDate;
-    }
-    let last = annotations
-        .and_then(|a| a.get(ROLLED_OUT_AT))
-        .and_then(|t| t.parse::<Timestamp>().ok());
-    match last.and_then(|t| t.checked_add(debounce).ok()) {
-        Some(until) if until > now => FollowerPlan::Wait { until },
-        _ => FollowerPlan::Roll,
-    }
-}
-
-/// The merge patch that rolls a workload out: the credentials hash in its pod template and
-/// the rollout time on the workload. `resource_version` makes it conditional, so two configs
-/// rolling the same workload at once cannot both restart it within one window.
-pub fn rollout_patch(config: &str, hash: &str, resource_version: &str, now: Timestamp) -> Value {
-    json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": { ROLLED_OUT_AT: now.to_string() },
-        },
-        "spec": { "template": { "metadata": { "annotations": { hash_annotation(config): hash } } } },
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,71 +645,5 @@ mod tests {
         };
         assert_eq!(elect(vec![unknown.clone(), c("z", 99)])[0].name, "z");
         assert!(elect(vec![]).is_empty());
-    }
-
-    #[test]
-    fn follow_annotation_lists_configs() {
-        let a = BTreeMap::from([(FOLLOW.to_string(), " a, b ,,c".to_string())]);
-        assert_eq!(followed(Some(&a)), ["a", "b", "c"]);
-        assert!(followed(None).is_empty());
-    }
-
-    #[test]
-    fn hash_annotation_stays_a_valid_key() {
-        assert_eq!(hash_annotation("main"), "kiln.dev/credentials-hash-main");
-        let long = "a".repeat(200);
-        let key = hash_annotation(&long);
-        let name = key.strip_prefix("kiln.dev/").unwrap();
-        assert_eq!(name.len(), 63);
-        assert_ne!(key, hash_annotation(&"a".repeat(201)));
-        let exact = "b".repeat(63 - "credentials-hash-".len());
-        assert_eq!(hash_annotation(&exact).len(), "kiln.dev/".len() + 63);
-    }
-
-    #[test]
-    fn follower_plans() {
-        let debounce = SignedDuration::from_secs(30);
-        let key = hash_annotation("p");
-        let template = BTreeMap::from([(key.clone(), "h1".to_string())]);
-        assert_eq!(
-            plan_follower("p", "h1", None, Some(&template), debounce, at(100)),
-            FollowerPlan::UpToDate
-        );
-        assert_eq!(
-            plan_follower("p", "h2", None, Some(&template), debounce, at(100)),
-            FollowerPlan::Roll
-        );
-        assert_eq!(
-            plan_follower("p", "h2", None, None, debounce, at(100)),
-            FollowerPlan::Roll
-        );
-        let recent = BTreeMap::from([(ROLLED_OUT_AT.to_string(), at(90).to_string())]);
-        assert_eq!(
-            plan_follower("p", "h2", Some(&recent), Some(&template), debounce, at(100)),
-            FollowerPlan::Wait { until: at(120) }
-        );
-        assert_eq!(
-            plan_follower("p", "h2", Some(&recent), Some(&template), debounce, at(120)),
-            FollowerPlan::Roll
-        );
-        let garbage = BTreeMap::from([(ROLLED_OUT_AT.to_string(), "yesterday".to_string())]);
-        assert_eq!(
-            plan_follower("p", "h2", Some(&garbage), None, debounce, at(100)),
-            FollowerPlan::Roll
-        );
-    }
-
-    #[test]
-    fn rollout_patch_is_conditional() {
-        let patch = rollout_patch("p", "h", "42", at(0));
-        assert_eq!(patch["metadata"]["resourceVersion"], "42");
-        assert_eq!(
-            patch["spec"]["template"]["metadata"]["annotations"]["kiln.dev/credentials-hash-p"],
-            "h"
-        );
-        assert_eq!(
-            patch["metadata"]["annotations"][ROLLED_OUT_AT],
-            "1970-01-01T00:00:00Z"
-        );
     }
 }

@@ -6,10 +6,13 @@
 
 mod author;
 mod cache;
+mod follow;
 mod publish;
 mod status;
 
 use std::sync::Arc;
+
+use futures::StreamExt;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
@@ -19,8 +22,11 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use super::followers::{Index, Target};
 use super::lifecycle::{self, Lifecycle, Remembered, Subject};
 use super::{
     Context, ReadinessProbe, Scope, backoff_on_error, drive, slim_controller, store_ready,
@@ -47,6 +53,8 @@ pub fn start(
     ctx: Arc<Context>,
     scope: &Scope,
     shutdown: CancellationToken,
+    workloads: Index,
+    followers_changed: UnboundedReceiver<Target>,
 ) -> (ReadinessProbe, tokio::task::JoinHandle<()>) {
     let controller = slim_controller(scope.api::<Draft>(&ctx.client), cache::compact);
     let store = controller.store();
@@ -70,15 +78,22 @@ pub fn start(
     );
     // Metadata only: Kiln needs a ConfigMap's name, labels and annotations to route the
     // change, never its data, so the cache stays small however many ConfigMaps exist.
-    let controller = controller.watches(
-        scope.api::<PartialObjectMeta<ConfigMap>>(&ctx.client),
-        watcher::Config::default().page_size(500),
-        move |cm| drafts_for_configmap(&store, &cm),
-    );
+    let followed_store = store.clone();
+    let controller = controller
+        .watches(
+            scope.api::<PartialObjectMeta<ConfigMap>>(&ctx.client),
+            watcher::Config::default().page_size(500),
+            move |cm| drafts_for_configmap(&store, &cm),
+        )
+        // A follower appeared, went, or was rolled out: the draft's status says so.
+        .reconcile_on(
+            UnboundedReceiverStream::new(followers_changed)
+                .flat_map(move |t| futures::stream::iter(drafts_publishing(&followed_store, &t))),
+        );
     let task = tokio::spawn(drive(
         NAME,
         controller,
-        reconcile,
+        move |draft, ctx| reconcile(draft, ctx, workloads.clone()),
         error_policy,
         ctx,
         shutdown,
@@ -114,8 +129,25 @@ fn drafts_for_configmap(
         .collect()
 }
 
+/// The drafts that publish the config `target` names (`<configId>-<configType>`).
+fn drafts_publishing(store: &Store<Draft>, target: &Target) -> Vec<ObjectRef<Draft>> {
+    store
+        .state()
+        .iter()
+        .filter(|d| d.namespace().as_deref() == Some(target.namespace.as_str()))
+        .filter(|d| published_name(d).as_deref() == Some(target.name.as_str()))
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect()
+}
+
+/// The name of the ConfigMap `draft` publishes, which followers name.
+fn published_name(draft: &Draft) -> Option<String> {
+    let publish = draft.spec.publish.as_ref()?;
+    Some(format!("{}-{}", publish.config_id, draft.spec.config_type))
+}
+
 #[tracing::instrument(skip_all, fields(namespace = draft.namespace().unwrap_or_default(), name = draft.name_any()))]
-async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>, workloads: Index) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(NAME);
     if draft.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -189,7 +221,18 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>) -> Result<Action> {
         _ => None,
     };
 
-    let desired = status::build(&draft, &current, &verdict, outcome.as_ref(), &life, now);
+    let mut desired = status::build(&draft, &current, &verdict, outcome.as_ref(), &life, now);
+    let following = match (published_name(&draft), desired.published.clone()) {
+        (Some(name), Some(published)) => Some(
+            follow::follow(&ctx, &workloads, &ns, &name, &current, &published, now).await?,
+        ),
+        _ => None,
+    };
+    if let Some(f) = &following {
+        desired.rollout = Some(f.rollout.clone()).filter(|r| *r != Default::default());
+        desired.followers = f.followers.clone();
+        desired.followers_behind = Some(f.behind).filter(|_| !f.followers.is_empty());
+    }
     announce(
         &ctx,
         &draft,
@@ -199,13 +242,27 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>) -> Result<Action> {
         &verdict,
     )
     .await;
+    if let Some(f) = following.as_ref().filter(|f| !f.rolled.is_empty()) {
+        let revision = desired.published.as_ref().map_or(0, |p| p.revision);
+        ctx.event(
+            draft.as_ref(),
+            EventType::Normal,
+            "RolloutTriggered",
+            "Rollout",
+            format!("rolled out {} to revision {revision}", f.rolled.join(", ")),
+        )
+        .await;
+    }
     write_status(&drafts, &draft, desired).await?;
     // The holder of a contested configId may go away (deleted, expired) without anything
     // this draft watches changing: look again soon, not only at the next resync.
-    let resync = match outcome {
+    let mut resync = match outcome {
         Some((_, Outcome::ConfigIdInUse { .. })) => ctx.settings.resync.min(CONTESTED_RECHECK),
         _ => ctx.settings.resync,
     };
+    if let Some(f) = &following {
+        resync = resync.min(f.requeue);
+    }
     Ok(Action::requeue(life.requeue_after(now, resync)))
 }
 

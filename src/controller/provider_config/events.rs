@@ -3,7 +3,7 @@
 
 use kube::runtime::events::EventType;
 
-use super::rollout::short;
+use crate::controller::followers::rollout::short;
 use crate::api::conditions::types::{DEFAULT_CONFLICT, READY};
 use crate::api::provider_config::{ProviderConfig, ProviderConfigStatus};
 use crate::conditions::find;
@@ -19,7 +19,7 @@ pub struct Happenings {
     pub aliases_removed: bool,
     /// Workloads rolled out, as `Kind/name`.
     pub rolled: Vec<String>,
-    /// The credentials changed and a rollout now waits for the debounce window.
+    /// The credentials or settings changed and a rollout now waits for the debounce window.
     pub rollout_scheduled: Option<String>,
 }
 
@@ -120,6 +120,24 @@ pub async fn announce(
             .await;
     }
 
+    if let (Some(a), Some(b)) = (&old.settings_hash, &new.settings_hash)
+        && a != b
+    {
+        let note = format!(
+            "ConfigMap {} updated: settings hash {} -> {}{}",
+            new.config_map.as_deref().unwrap_or_default(),
+            short(a),
+            short(b),
+            happened
+                .rollout_scheduled
+                .as_deref()
+                .map(|m| format!("; {m}"))
+                .unwrap_or_default()
+        );
+        ctx.event(pc, EventType::Normal, "SettingsUpdated", "Sync", note)
+            .await;
+    }
+
     if changed(DEFAULT_CONFLICT)
         && let Some(c) = find(&new.conditions, DEFAULT_CONFLICT)
         && c.status == "True"
@@ -155,9 +173,10 @@ pub async fn announce(
     }
     if !happened.rolled.is_empty() {
         let note = format!(
-            "rolled out {} with credentials hash {}",
+            "rolled out {} with credentials hash {} and settings hash {}",
             happened.rolled.join(", "),
-            short(new.credentials_hash.as_deref().unwrap_or_default())
+            short(new.credentials_hash.as_deref().unwrap_or_default()),
+            short(new.settings_hash.as_deref().unwrap_or_default())
         );
         ctx.event(pc, EventType::Normal, "RolloutTriggered", "Rollout", note)
             .await;

@@ -9,26 +9,24 @@
 //! namespace's Secrets.
 
 mod events;
+mod follow;
 mod resolve;
-mod rollout;
 mod status;
 mod sync;
 mod triggers;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{RoundMode, SignedDuration, Timestamp, TimestampRound, Unit};
+use k8s_openapi::jiff::Timestamp;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -38,13 +36,14 @@ use super::{
     watcher_config,
 };
 use crate::api::conditions::types::DEFAULT_CONFLICT;
-use crate::api::provider_config::{ProviderConfig, ProviderConfigStatus, RolloutStatus};
+use crate::api::provider_config::ProviderConfig;
 use crate::apply;
 use crate::desired::labels::{MANAGED_BY, MANAGED_BY_KILN};
 use crate::desired::provider_config::{
     Claimant, Credentials, PROVIDER_ROLE, Role, Target, elect, owner_reference, provider_json,
-    same_scheme,
+    settings_hash,
 };
+use super::followers::{Index, Target as FollowTarget};
 use crate::error::{Error, KubeContext, Result};
 use crate::metrics::Metrics;
 use events::Happenings;
@@ -58,12 +57,15 @@ const KIND: &str = "ProviderConfig";
 /// What the reconciles of one controller (one per scope) share.
 struct Shared {
     store: Store<ProviderConfig>,
+    workloads: Index,
 }
 
 pub fn start(
     ctx: Arc<Context>,
     scope: &Scope,
     shutdown: CancellationToken,
+    workloads: Index,
+    followers_changed: UnboundedReceiver<FollowTarget>,
 ) -> (ReadinessProbe, tokio::task::JoinHandle<()>) {
     let (store, writer) = reflector::store();
     let probe = store_ready(store.clone());
@@ -96,9 +98,14 @@ pub fn start(
             move |secret| configs_for_secret(&secret_store, &secret),
         )
         .reconcile_on(UnboundedReceiverStream::new(siblings_rx))
-        .reconcile_on(ctx.key_usage.requests());
+        .reconcile_on(ctx.key_usage.requests())
+        // A follower appeared, went, or was rolled out: its config's status says so.
+        .reconcile_on(
+            UnboundedReceiverStream::new(followers_changed)
+                .map(|t| ObjectRef::new(&t.name).within(&t.namespace)),
+        );
 
-    let shared = Arc::new(Shared { store });
+    let shared = Arc::new(Shared { store, workloads });
     let task = tokio::spawn(drive(
         NAME,
         controller,
@@ -218,12 +225,17 @@ async fn reconcile(
     };
 
     let hash = secret.hash.clone();
-    let (rollout, requeue) = rollouts(
+    let settings_hash = settings_hash(&json);
+    let following = follow::follow(
         &ctx,
+        &shared.workloads,
         &ns,
         &name,
         &current,
-        hash.as_deref(),
+        &follow::Hashes {
+            credentials: hash.as_deref(),
+            settings: &settings_hash,
+        },
         now,
         &mut happened,
     )
@@ -240,7 +252,8 @@ async fn reconcile(
         standing: &standing,
         provider_type,
         alias_conflict,
-        rollout: Some(rollout),
+        settings_hash,
+        following: &following,
         last_used: &ctx.key_usage.last_used(&ns, &name),
     };
     let desired = status::build(&pc, &current, &facts, now);
@@ -254,7 +267,7 @@ async fn reconcile(
     )
     .await?;
     debug!(status_written = wrote, "reconciled");
-    Ok(Action::requeue(requeue.min(ctx.settings.resync)))
+    Ok(Action::requeue(following.requeue.min(ctx.settings.resync)))
 }
 
 /// The configs of `pc`'s type in its namespace that claim the default, `pc` as just read
@@ -360,82 +373,6 @@ async fn remove_aliases(
         info!(provider_type, "default aliases removed");
     }
     Ok(a || b)
-}
-
-/// Rollout bookkeeping. A change of the credentials hash from one known value to another
-/// opens a debounce window (kept in status, so it survives restarts); when it closes, the
-/// followers are rolled out to the hash of that moment. The first hash ever recorded opens
-/// nothing: a new Secret is not a rotation. Returns the rollout status and when to look again.
-async fn rollouts(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    current: &ProviderConfigStatus,
-    hash: Option<&str>,
-    now: Timestamp,
-    happened: &mut Happenings,
-) -> Result<(RolloutStatus, Duration)> {
-    let debounce = SignedDuration::try_from(ctx.settings.rollout_debounce)
-        .unwrap_or(SignedDuration::from_secs(30));
-    let mut r = current.rollout.clone().unwrap_or_default();
-    // A hash made another way (by an older Kiln) is a new first sighting, not a rotation.
-    let changed = matches!((current.credentials_hash.as_deref(), hash),
-        (Some(a), Some(b)) if a != b && same_scheme(a, b));
-    if changed && r.pending_since.is_none() {
-        // Kubernetes keeps times to the second; rounding up keeps the window at least as long
-        // as the debounce once the status has been written and read back.
-        r.pending_since = Some(Time(ceil_to_second(now)));
-        happened.rollout_scheduled = Some(format!(
-            "followers are rolled out after the {}s debounce window",
-            debounce.as_secs()
-        ));
-    }
-    let (Some(since), Some(hash)) = (r.pending_since.clone(), hash) else {
-        return Ok((r, ctx.settings.resync));
-    };
-    let due = since.0.checked_add(debounce).unwrap_or(now);
-    if now < due {
-        return Ok((r, until(now, due)));
-    }
-    let pass = rollout::roll(
-        ctx,
-        &rollout::Request {
-            namespace: ns,
-            config: name,
-            hash,
-            debounce,
-            now,
-        },
-    )
-    .await?;
-    if !pass.rolled.is_empty() {
-        info!(workloads = ?pass.rolled, hash = rollout::short(hash), "followers rolled out");
-        r.last_time = Some(Time(now));
-        r.last_hash = Some(hash.to_string());
-        r.last_workloads = i32::try_from(pass.rolled.len()).ok();
-        happened.rolled = pass.rolled;
-    }
-    let requeue = match pass.wait_until {
-        Some(at) => until(now, at),
-        None => {
-            r.pending_since = None;
-            ctx.settings.resync
-        }
-    };
-    Ok((r, requeue))
-}
-
-fn ceil_to_second(t: Timestamp) -> Timestamp {
-    let round = TimestampRound::new()
-        .smallest(Unit::Second)
-        .mode(RoundMode::Ceil);
-    t.round(round).unwrap_or(t)
-}
-
-/// Time from `now` to `at`, plus a little so that the requeued reconcile finds `at` passed.
-fn until(now: Timestamp, at: Timestamp) -> Duration {
-    let wait = Duration::try_from(at.duration_since(now)).unwrap_or_default();
-    wait + Duration::from_millis(20)
 }
 
 fn error_policy(pc: Arc<ProviderConfig>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -3,6 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use super::follow::Following;
 use super::resolve::Resolution;
 use super::sync::Written;
 use crate::api::conditions::types::{DEFAULT_CONFLICT, READY, RECONCILING, STALLED};
@@ -39,7 +40,10 @@ pub struct Facts<'a> {
     pub provider_type: &'a str,
     /// A name conflict on one of the default aliases.
     pub alias_conflict: Option<String>,
-    pub rollout: Option<RolloutStatus>,
+    /// Hash of the derived `provider.json` now.
+    pub settings_hash: String,
+    /// Rollouts and followers.
+    pub following: &'a Following,
     /// Key uses reported to the HTTP API and flushed (see [`crate::key_usage`]).
     pub last_used: &'a LastUsed,
 }
@@ -70,10 +74,10 @@ pub fn build(
             .clone()
             .or(current.credentials_hash.clone());
     }
-    status.rollout = facts
-        .rollout
-        .clone()
-        .filter(|r| *r != RolloutStatus::default());
+    status.settings_hash = Some(facts.settings_hash.clone());
+    status.rollout = Some(facts.following.rollout.clone()).filter(|r| *r != RolloutStatus::default());
+    status.followers = facts.following.followers.clone();
+    status.followers_behind = Some(facts.following.behind).filter(|_| !status.followers.is_empty());
 
     let (ready, stalled) = readiness(facts);
     status.phase = Some(if ready.status {
@@ -225,6 +229,17 @@ mod tests {
 
     static TEST_KEY: HashKey = HashKey::from_bytes([9; 32]);
     static NO_USAGE: LastUsed = LastUsed::new();
+    static NO_FOLLOWERS: Following = Following {
+        rollout: RolloutStatus {
+            pending_since: None,
+            last_time: None,
+            last_hash: None,
+            last_workloads: None,
+        },
+        followers: Vec::new(),
+        behind: 0,
+        requeue: std::time::Duration::from_secs(600),
+    };
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
@@ -266,7 +281,8 @@ mod tests {
             standing,
             provider_type: "openai",
             alias_conflict: None,
-            rollout: None,
+            settings_hash: "sha256:s".into(),
+            following: &NO_FOLLOWERS,
             last_used: &NO_USAGE,
         }
     }

@@ -1,0 +1,133 @@
+//! The workloads that follow a ProviderConfig (`kiln.dev/follow`): rollout bookkeeping and
+//! what `status.followers` says about them.
+//!
+//! A change of the credentials hash or of the settings hash from one known value to another
+//! opens a debounce window (kept in status, so it survives restarts); when it closes, the
+//! followers are rolled out to the hashes of that moment. The first hash ever recorded opens
+//! nothing: a new Secret is not a rotation, and a Kiln that starts following settings does
+//! not restart everything on its first pass.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use tracing::info;
+
+use super::events::Happenings;
+use crate::api::common::FollowerStatus;
+use crate::api::provider_config::{ProviderConfigStatus, RolloutStatus};
+use crate::controller::Context;
+use crate::controller::followers::rollout::{self, short};
+use crate::controller::followers::{Index, settle, until};
+use crate::desired::follow::{
+    CREDENTIALS_HASH_PREFIX, FOLLOW, Mark, SETTINGS_HASH_PREFIX, Seen, report,
+};
+use crate::desired::provider_config::same_scheme;
+use crate::error::Result;
+
+/// The hashes followers carry now.
+pub struct Hashes<'a> {
+    pub credentials: Option<&'a str>,
+    pub settings: &'a str,
+}
+
+/// The outcome: the rollout and follower parts of the status, and when to look again.
+pub struct Following {
+    pub rollout: RolloutStatus,
+    pub followers: Vec<FollowerStatus>,
+    pub behind: i32,
+    pub requeue: Duration,
+}
+
+/// The marks of `config`'s followers: the credentials hash (once there are credentials) and
+/// the settings hash.
+fn marks(config: &str, hashes: &Hashes<'_>) -> Vec<Mark> {
+    let mut marks = Vec::with_capacity(2);
+    if let Some(h) = hashes.credentials {
+        marks.push(Mark::new(CREDENTIALS_HASH_PREFIX, config, h, "credentials"));
+    }
+    marks.push(Mark::new(SETTINGS_HASH_PREFIX, config, hashes.settings, "settings"));
+    marks
+}
+
+fn changed(before: Option<&str>, now: Option<&str>) -> bool {
+    matches!((before, now), (Some(a), Some(b)) if a != b && same_scheme(a, b))
+}
+
+pub async fn follow(
+    ctx: &Context,
+    index: &Index,
+    ns: &str,
+    name: &str,
+    current: &ProviderConfigStatus,
+    hashes: &Hashes<'_>,
+    now: Timestamp,
+    happened: &mut Happenings,
+) -> Result<Following> {
+    let debounce = SignedDuration::try_from(ctx.settings.rollout_debounce)
+        .unwrap_or(SignedDuration::from_secs(30));
+    let mut r = current.rollout.clone().unwrap_or_default();
+    let credentials = changed(current.credentials_hash.as_deref(), hashes.credentials);
+    let settings = changed(current.settings_hash.as_deref(), Some(hashes.settings));
+    if (credentials || settings) && r.pending_since.is_none() {
+        r.pending_since = Some(Time(settle(now)));
+        happened.rollout_scheduled = Some(format!(
+            "followers are rolled out after the {}s debounce window",
+            debounce.as_secs()
+        ));
+    }
+    let marks = marks(name, hashes);
+    index.ready().await;
+    let mut followers = index.following(ns, FOLLOW, name);
+    let mut requeue = ctx.settings.resync;
+    if let Some(since) = r.pending_since.clone() {
+        let due = since.0.checked_add(debounce).unwrap_or(now);
+        if now < due {
+            requeue = until(now, due);
+        } else {
+            let describe = |lacked: &[&Mark]| {
+                let what: Vec<&str> = lacked.iter().map(|m| m.what).collect();
+                format!(
+                    "{} of ProviderConfig {name} changed; pod template annotated",
+                    what.join(" and ")
+                )
+            };
+            let pass = rollout::roll(
+                ctx,
+                &followers,
+                &rollout::Request {
+                    namespace: ns,
+                    marks: &marks,
+                    debounce,
+                    now,
+                    describe: &describe,
+                    count: crate::metrics::Metrics::provider_rollout,
+                },
+            )
+            .await?;
+            if !pass.rolled.is_empty() {
+                info!(workloads = ?pass.rolled, "followers rolled out");
+                r.last_time = Some(Time(now));
+                r.last_hash = hashes.credentials.map(str::to_string);
+                r.last_workloads = i32::try_from(pass.rolled.len()).ok();
+                happened.rolled = pass.rolled.clone();
+            }
+            crate::controller::followers::record(&mut followers, &pass, &marks);
+            match pass.wait_until {
+                Some(at) => requeue = until(now, at),
+                None => r.pending_since = None,
+            }
+        }
+    }
+    let seen: Vec<Seen<'_>> = followers.iter().map(|f| f.seen()).collect();
+    let shown = marks[0].key.clone();
+    let (lines, behind) = report(&seen, &marks, &shown, r.pending_since.is_some(), |v| {
+        short(v).to_string()
+    });
+    Ok(Following {
+        rollout: r,
+        followers: lines,
+        behind,
+        requeue,
+    })
+}
