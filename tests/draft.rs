@@ -5,6 +5,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kiln::api::Draft;
@@ -958,4 +959,178 @@ async fn refused_writes_are_reported_on_the_object_and_retried() {
         d.status.as_ref().is_some_and(|s| s.published.is_some())
     })
     .await;
+}
+
+fn follower(name: &str, follow_config: Option<&str>) -> serde_json::Value {
+    let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}}}});
+    if let Some(f) = follow_config {
+        d["metadata"]["annotations"] = json!({"kiln.dev/follow-config": f});
+    }
+    d
+}
+
+fn template_annotation(d: &Deployment, key: &str) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(key)
+        .cloned()
+}
+
+#[tokio::test]
+async fn followers_of_a_published_config_roll_out_once_per_new_revision() {
+    let mut w = world("d-follow", &["--rollout-debounce=3s"]).await;
+    let deployments: Api<Deployment> = Api::namespaced(w.client.clone(), &w.ns);
+    for (name, follow) in [
+        ("web", Some("other-artifact, greet-content")),
+        ("bystander", None),
+    ] {
+        deployments
+            .patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(follower(name, follow)),
+            )
+            .await
+            .expect("apply Deployment");
+    }
+    let publish = json!({"publish": {"configId": "greet"}});
+    w.create(&draft("g", "content", content_config("v1"), publish))
+        .await;
+    let d = w
+        .wait("g", "published with its follower listed", |d| {
+            let s = d.status.as_ref().expect("status");
+            is(d, "Ready", "True") && s.followers.len() == 1
+        })
+        .await;
+    let s = d.status.expect("status");
+    assert_eq!(s.followers[0].kind, "Deployment");
+    assert_eq!(s.followers[0].name, "web");
+    assert_eq!(s.followers[0].rolled_out, None);
+    assert!(
+        !s.followers[0].behind,
+        "a follower is not behind a first publication"
+    );
+    assert_eq!(s.followers_behind, Some(0));
+
+    let key = "kiln.dev/config-revision-greet-content";
+    let generation = |name: &'static str| {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .get(name)
+                .await
+                .expect("Deployment")
+                .metadata
+                .generation
+        }
+    };
+    // Neither creation, nor a restart, nor drift repair rolls anything out.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(generation("web").await, Some(1), "rolled out on creation");
+    w.op.restart("info,kiln=debug").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        generation("web").await,
+        Some(1),
+        "rolled out after a restart"
+    );
+    let original = w.configmap("greet-content").await.expect("published").data;
+    w.cms
+        .patch(
+            "greet-content",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"greet-content.json": "{\"hacked\": true}"}})),
+        )
+        .await
+        .expect("edit");
+    eventually(Duration::from_secs(10), "edit repaired", || async {
+        (w.configmap("greet-content").await?.data == original).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        generation("web").await,
+        Some(1),
+        "rolled out on drift repair"
+    );
+
+    // A new revision: one rollout, after the debounce window.
+    let changed = Instant::now();
+    w.set_config("g", content_config("v2")).await;
+    let rolled = eventually(Duration::from_secs(20), "the rollout", || async {
+        let d = deployments.get("web").await.ok()?;
+        (template_annotation(&d, key)?.as_str() == "2").then_some(d)
+    })
+    .await;
+    let waited = changed.elapsed();
+    eprintln!(
+        "new revision rolled out in {:.1}s (debounce 3s)",
+        waited.as_secs_f64()
+    );
+    assert!(
+        waited >= Duration::from_secs(3),
+        "rolled out before the debounce window closed"
+    );
+    assert!(rolled.annotations().contains_key("kiln.dev/rolled-out-at"));
+    let d = w
+        .wait("g", "the follower reported at revision 2", |d| {
+            let s = d.status.as_ref().expect("status");
+            s.followers.first().and_then(|f| f.rolled_out.as_deref()) == Some("2")
+        })
+        .await;
+    let s = d.status.expect("status");
+    assert_eq!(s.followers_behind, Some(0));
+    let rollout = s.rollout.expect("rollout status");
+    assert_eq!(rollout.pending_since, None);
+    assert_eq!(rollout.last_revision, Some(2));
+    assert_eq!(rollout.last_workloads, Some(1));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        generation("web").await,
+        Some(2),
+        "exactly one pod-template change"
+    );
+    assert_eq!(
+        generation("bystander").await,
+        Some(1),
+        "a non-follower was touched"
+    );
+    eventually(WAIT, "the RolloutTriggered Event", || async {
+        let events = w.events("RolloutTriggered").await;
+        let on = |kind: &str| {
+            events
+                .iter()
+                .any(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some(kind))
+        };
+        (on("Draft") && on("Deployment")).then_some(())
+    })
+    .await;
+
+    // A follower that stops following leaves the status.
+    deployments
+        .patch(
+            "web",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(follower("web", None)),
+        )
+        .await
+        .expect("unfollow");
+    w.wait("g", "no followers", |d| {
+        d.status
+            .as_ref()
+            .is_some_and(|s| s.followers.is_empty() && s.followers_behind.is_none())
+    })
+    .await;
+    w.op.restart("info,kiln=debug").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(generation("web").await, Some(3), "only the test's own edit");
 }

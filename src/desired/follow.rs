@@ -37,7 +37,10 @@ pub fn is_follow_annotation(key: &str) -> bool {
 }
 
 /// The names listed in a workload's `annotation` (`FOLLOW` or `FOLLOW_CONFIG`).
-pub fn targets<'a>(annotations: Option<&'a BTreeMap<String, String>>, annotation: &str) -> Vec<&'a str> {
+pub fn targets<'a>(
+    annotations: Option<&'a BTreeMap<String, String>>,
+    annotation: &str,
+) -> Vec<&'a str> {
     annotations
         .and_then(|a| a.get(annotation))
         .map(|v| {
@@ -168,10 +171,7 @@ pub fn report(
             FollowerStatus {
                 kind: f.kind.to_string(),
                 name: f.name.to_string(),
-                rolled_out: f
-                    .template
-                    .and_then(|t| t.get(shown))
-                    .map(|v| display(v)),
+                rolled_out: f.template.and_then(|t| t.get(shown)).map(|v| display(v)),
                 behind,
             }
         })
@@ -210,7 +210,11 @@ mod tests {
             mark_key(CREDENTIALS_HASH_PREFIX, "main"),
             "kiln.dev/credentials-hash-main"
         );
-        for prefix in [CREDENTIALS_HASH_PREFIX, SETTINGS_HASH_PREFIX, CONFIG_REVISION_PREFIX] {
+        for prefix in [
+            CREDENTIALS_HASH_PREFIX,
+            SETTINGS_HASH_PREFIX,
+            CONFIG_REVISION_PREFIX,
+        ] {
             let long = "a".repeat(200);
             let key = mark_key(prefix, &long);
             assert_eq!(key.strip_prefix("kiln.dev/").unwrap().len(), 63);
@@ -235,14 +239,29 @@ mod tests {
             plan(&[rev("2")], None, Some(&template), debounce, at(100)),
             FollowerPlan::Roll
         );
-        assert_eq!(plan(&[rev("2")], None, None, debounce, at(100)), FollowerPlan::Roll);
+        assert_eq!(
+            plan(&[rev("2")], None, None, debounce, at(100)),
+            FollowerPlan::Roll
+        );
         let recent = BTreeMap::from([(ROLLED_OUT_AT.to_string(), at(90).to_string())]);
         assert_eq!(
-            plan(&[rev("2")], Some(&recent), Some(&template), debounce, at(100)),
+            plan(
+                &[rev("2")],
+                Some(&recent),
+                Some(&template),
+                debounce,
+                at(100)
+            ),
             FollowerPlan::Wait { until: at(120) }
         );
         assert_eq!(
-            plan(&[rev("2")], Some(&recent), Some(&template), debounce, at(120)),
+            plan(
+                &[rev("2")],
+                Some(&recent),
+                Some(&template),
+                debounce,
+                at(120)
+            ),
             FollowerPlan::Roll
         );
         let garbage = BTreeMap::from([(ROLLED_OUT_AT.to_string(), "yesterday".to_string())]);
@@ -288,9 +307,21 @@ mod tests {
         let at3 = BTreeMap::from([(key.clone(), "3".to_string())]);
         let at2 = BTreeMap::from([(key.clone(), "2".to_string())]);
         let followers = [
-            Seen { kind: "Deployment", name: "b", template: Some(&at3) },
-            Seen { kind: "Deployment", name: "a", template: Some(&at2) },
-            Seen { kind: "StatefulSet", name: "new", template: None },
+            Seen {
+                kind: "Deployment",
+                name: "b",
+                template: Some(&at3),
+            },
+            Seen {
+                kind: "Deployment",
+                name: "a",
+                template: Some(&at2),
+            },
+            Seen {
+                kind: "StatefulSet",
+                name: "new",
+                template: None,
+            },
         ];
         let (lines, behind) = report(&followers, &[rev("3")], &key, false, str::to_string);
         assert_eq!(behind, 1);

@@ -223,9 +223,9 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>, workloads: Index) -> Re
 
     let mut desired = status::build(&draft, &current, &verdict, outcome.as_ref(), &life, now);
     let following = match (published_name(&draft), desired.published.clone()) {
-        (Some(name), Some(published)) => Some(
-            follow::follow(&ctx, &workloads, &ns, &name, &current, &published, now).await?,
-        ),
+        (Some(name), Some(published)) => {
+            Some(follow::follow(&ctx, &workloads, &ns, &name, &current, &published, now).await?)
+        }
         _ => None,
     };
     if let Some(f) = &following {

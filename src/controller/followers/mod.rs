@@ -122,7 +122,11 @@ impl Follower {
 /// them behind.
 pub fn record(followers: &mut [Follower], pass: &rollout::Pass, marks: &[Mark]) {
     for f in followers.iter_mut() {
-        if pass.rolled.iter().any(|r| *r == format!("{}/{}", f.kind, f.name)) {
+        if pass
+            .rolled
+            .iter()
+            .any(|r| *r == format!("{}/{}", f.kind, f.name))
+        {
             let template = f.template.get_or_insert_with(BTreeMap::new);
             for m in marks {
                 template.insert(m.key.clone(), m.value.clone());
@@ -407,7 +411,11 @@ pub type Index = Arc<Workloads>;
 mod tests {
     use super::*;
 
-    fn deployment(uid: &str, follow_config: Option<&str>, template_rev: Option<&str>) -> Deployment {
+    fn deployment(
+        uid: &str,
+        follow_config: Option<&str>,
+        template_rev: Option<&str>,
+    ) -> Deployment {
         let mut annotations = serde_json::Map::new();
         if let Some(f) = follow_config {
             annotations.insert(FOLLOW_CONFIG.into(), f.into());
@@ -490,7 +498,9 @@ mod tests {
         names.sort();
         assert_eq!(names, ["app-content", "other-content"]);
         // A workload that follows nothing: nobody hears of it.
-        tap.observe(&watcher::Event::Apply(slimmed(deployment("u2", None, None))));
+        tap.observe(&watcher::Event::Apply(slimmed(deployment(
+            "u2", None, None,
+        ))));
         assert!(rx.configs.try_recv().is_err());
         assert!(rx.providers.try_recv().is_err());
     }

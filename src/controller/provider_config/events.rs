@@ -3,11 +3,11 @@
 
 use kube::runtime::events::EventType;
 
-use crate::controller::followers::rollout::short;
 use crate::api::conditions::types::{DEFAULT_CONFLICT, READY};
 use crate::api::provider_config::{ProviderConfig, ProviderConfigStatus};
 use crate::conditions::find;
 use crate::controller::Context;
+use crate::controller::followers::rollout::short;
 use crate::desired::provider_config::same_scheme;
 
 use super::KIND;

@@ -46,7 +46,12 @@ fn marks(config: &str, hashes: &Hashes<'_>) -> Vec<Mark> {
     if let Some(h) = hashes.credentials {
         marks.push(Mark::new(CREDENTIALS_HASH_PREFIX, config, h, "credentials"));
     }
-    marks.push(Mark::new(SETTINGS_HASH_PREFIX, config, hashes.settings, "settings"));
+    marks.push(Mark::new(
+        SETTINGS_HASH_PREFIX,
+        config,
+        hashes.settings,
+        "settings",
+    ));
     marks
 }
 

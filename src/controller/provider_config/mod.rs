@@ -31,6 +31,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::followers::{Index, Target as FollowTarget};
 use super::{
     Context, ReadinessProbe, Scope, backoff_on_error, drive, slim_for_cache, store_ready,
     watcher_config,
@@ -43,7 +44,6 @@ use crate::desired::provider_config::{
     Claimant, Credentials, PROVIDER_ROLE, Role, Target, elect, owner_reference, provider_json,
     settings_hash,
 };
-use super::followers::{Index, Target as FollowTarget};
 use crate::error::{Error, KubeContext, Result};
 use crate::metrics::Metrics;
 use events::Happenings;

@@ -75,7 +75,8 @@ pub fn build(
             .or(current.credentials_hash.clone());
     }
     status.settings_hash = Some(facts.settings_hash.clone());
-    status.rollout = Some(facts.following.rollout.clone()).filter(|r| *r != RolloutStatus::default());
+    status.rollout =
+        Some(facts.following.rollout.clone()).filter(|r| *r != RolloutStatus::default());
     status.followers = facts.following.followers.clone();
     status.followers_behind = Some(facts.following.behind).filter(|_| !status.followers.is_empty());
 
