@@ -897,6 +897,99 @@ async fn followers_roll_out_once_per_burst_and_never_on_create_or_restart() {
 }
 
 #[tokio::test]
+async fn a_settings_change_alone_rolls_followers_out_and_says_so() {
+    let w = World::with("pcfg-settings", |o| {
+        o.extra_args.push("--rollout-debounce=2s".into())
+    })
+    .await;
+    let deployments = w.deployments();
+    deployments
+        .patch(
+            "api",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(deployment("api", Some("llm"))),
+        )
+        .await
+        .expect("apply Deployment");
+    w.put_secret("keys", &[("primary", "sk-s0")]).await;
+    let spec = |model: &str| {
+        json!({"providerType": "openai", "settings": {"model": model},
+            "apiKeys": [key("primary", "keys", "primary")]})
+    };
+    w.put_pc("llm", spec("small")).await;
+    let pc = w
+        .wait_pc("llm", "its follower listed", |pc| {
+            let s = pc.status.as_ref().expect("status");
+            condition(pc, "Ready") == Some("True") && s.followers.len() == 1
+        })
+        .await;
+    let status = pc.status.expect("status");
+    assert_eq!(status.followers[0].name, "api");
+    assert!(!status.followers[0].behind);
+    assert_eq!(status.followers_behind, Some(0));
+    let before = status.settings_hash.expect("settings hash");
+    let credentials = status.credentials_hash.expect("credentials hash");
+
+    w.put_pc("llm", spec("large")).await;
+    let settings_key = "kiln.dev/settings-hash-llm";
+    let rolled = eventually(Duration::from_secs(20), "the rollout", || async {
+        let d = deployments.get("api").await.ok()?;
+        template_annotations(&d)
+            .contains_key(settings_key)
+            .then_some(d)
+    })
+    .await;
+    let status = w
+        .wait_pc("llm", "the follower up to date", |pc| {
+            let s = pc.status.as_ref().expect("status");
+            s.followers_behind == Some(0)
+                && s.followers
+                    .first()
+                    .and_then(|f| f.rolled_out.as_deref())
+                    .is_some()
+        })
+        .await
+        .status
+        .expect("status");
+    let after = status.settings_hash.expect("settings hash");
+    assert_ne!(before, after);
+    assert_eq!(template_annotations(&rolled)[settings_key], after);
+    assert_eq!(
+        template_annotations(&rolled)["kiln.dev/credentials-hash-llm"],
+        credentials,
+        "the credentials did not change"
+    );
+    assert_eq!(
+        status.credentials_hash.as_deref(),
+        Some(credentials.as_str())
+    );
+    w.wait_event("llm", "SettingsUpdated").await;
+    w.wait_event("api", "RolloutTriggered").await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(w.client.clone(), &w.ns);
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RolloutTriggered"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("settings of ProviderConfig llm changed")),
+        "the Event names what changed: {notes:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        deployments.get("api").await.unwrap().metadata.generation,
+        Some(2),
+        "exactly one rollout"
+    );
+}
+
+#[tokio::test]
 async fn key_values_never_appear_in_logs_status_or_events() {
     let w = World::with("pcfg-secret", |o| o.log_level = "trace".into()).await;
     let (v1, v2) = ("sk-LEAKCHECK-first-4f1c9a", "sk-LEAKCHECK-second-8b2e7d");

@@ -181,6 +181,9 @@ pub struct RolloutStatus {
     /// here). Absent when the followers are up to date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_since: Option<Time>,
+    /// What changed while the rollout waits: `credentials`, `settings`, or both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_changes: Vec<String>,
     /// When followers were last annotated with a new credentials hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_time: Option<Time>,

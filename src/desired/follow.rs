@@ -66,21 +66,18 @@ pub fn mark_key(prefix: &str, name: &str) -> String {
     format!("{prefix}{}-{digest}", &name[..keep])
 }
 
-/// One value a follower's pod template must carry: the annotation and its value, and what it
-/// stands for in messages ("credentials", "settings", "revision").
+/// One value a follower's pod template must carry: the annotation and its value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mark {
     pub key: String,
     pub value: String,
-    pub what: &'static str,
 }
 
 impl Mark {
-    pub fn new(prefix: &str, name: &str, value: impl Into<String>, what: &'static str) -> Self {
+    pub fn new(prefix: &str, name: &str, value: impl Into<String>) -> Self {
         Self {
             key: mark_key(prefix, name),
             value: value.into(),
-            what,
         }
     }
 }
@@ -190,7 +187,7 @@ mod tests {
     }
 
     fn rev(v: &str) -> Mark {
-        Mark::new(CONFIG_REVISION_PREFIX, "app-content", v, "revision")
+        Mark::new(CONFIG_REVISION_PREFIX, "app-content", v)
     }
 
     #[test]
@@ -270,14 +267,17 @@ mod tests {
             FollowerPlan::Roll
         );
         // Two marks: one stale one is enough.
-        let settings = Mark::new(SETTINGS_HASH_PREFIX, "p", "s2", "settings");
+        let settings = Mark::new(SETTINGS_HASH_PREFIX, "p", "s2");
         let both = BTreeMap::from([
             (rev("1").key, "1".to_string()),
             (settings.key.clone(), "s1".to_string()),
         ]);
         let marks = [rev("1"), settings];
         assert_eq!(stale(&marks, Some(&both)).len(), 1);
-        assert_eq!(stale(&marks, Some(&both))[0].what, "settings");
+        assert_eq!(
+            stale(&marks, Some(&both))[0].key,
+            "kiln.dev/settings-hash-p"
+        );
         assert_eq!(
             plan(&marks, None, Some(&both), debounce, at(100)),
             FollowerPlan::Roll
@@ -287,8 +287,8 @@ mod tests {
     #[test]
     fn rollout_patch_is_conditional_and_carries_every_mark() {
         let marks = [
-            Mark::new(CREDENTIALS_HASH_PREFIX, "p", "h", "credentials"),
-            Mark::new(SETTINGS_HASH_PREFIX, "p", "s", "settings"),
+            Mark::new(CREDENTIALS_HASH_PREFIX, "p", "h"),
+            Mark::new(SETTINGS_HASH_PREFIX, "p", "s"),
         ];
         let patch = rollout_patch(&marks, "42", at(0));
         assert_eq!(patch["metadata"]["resourceVersion"], "42");

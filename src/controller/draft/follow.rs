@@ -55,7 +55,6 @@ pub async fn follow(
         CONFIG_REVISION_PREFIX,
         published_name,
         published.revision.to_string(),
-        "revision",
     )];
     index.ready().await;
     let mut followers = index.following(ns, FOLLOW_CONFIG, published_name);
@@ -67,11 +66,9 @@ pub async fn follow(
             requeue = until(now, due);
         } else {
             let revision = published.revision;
-            let describe = |_: &[&Mark]| {
-                format!(
-                    "config {published_name} has a new revision {revision}; pod template annotated"
-                )
-            };
+            let message = format!(
+                "config {published_name} has a new revision {revision}; pod template annotated"
+            );
             let pass = rollout::roll(
                 ctx,
                 &followers,
@@ -80,7 +77,7 @@ pub async fn follow(
                     marks: &marks,
                     debounce,
                     now,
-                    describe: &describe,
+                    message: &message,
                     count: crate::metrics::Metrics::config_rollout,
                 },
             )

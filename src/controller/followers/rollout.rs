@@ -15,7 +15,7 @@ use kube::runtime::events::EventType;
 use super::{Follower, Workload};
 use crate::apply::managers;
 use crate::controller::Context;
-use crate::desired::follow::{FollowerPlan, Mark, plan, rollout_patch, stale};
+use crate::desired::follow::{FollowerPlan, Mark, plan, rollout_patch};
 use crate::error::{KubeContext, Result};
 
 /// The result of one rollout pass.
@@ -33,8 +33,8 @@ pub struct Request<'a> {
     pub marks: &'a [Mark],
     pub debounce: SignedDuration,
     pub now: Timestamp,
-    /// The Event message on a rolled-out workload, from the marks it lacked.
-    pub describe: &'a (dyn Fn(&[&Mark]) -> String + Send + Sync),
+    /// The Event message on a rolled-out workload: what changed.
+    pub message: &'a str,
     /// Counts one rolled-out workload of a kind.
     pub count: fn(&crate::metrics::Metrics, &str),
 }
@@ -79,13 +79,12 @@ async fn patch<W: Workload>(
         Ok(patched) => {
             pass.rolled.push(format!("{kind}/{name}"));
             (req.count)(&ctx.metrics, kind);
-            let lacked = stale(req.marks, follower.template.as_ref());
             ctx.event(
                 &patched,
                 EventType::Normal,
                 "RolloutTriggered",
                 "Rollout",
-                (req.describe)(&lacked),
+                req.message,
             )
             .await;
             Ok(())

@@ -25,8 +25,10 @@ use crate::desired::follow::{
 use crate::desired::provider_config::same_scheme;
 use crate::error::Result;
 
-/// The hashes followers carry now.
-pub struct Hashes<'a> {
+/// The config followed, and the hashes its followers carry now.
+pub struct Followed<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
     pub credentials: Option<&'a str>,
     pub settings: &'a str,
 }
@@ -41,17 +43,12 @@ pub struct Following {
 
 /// The marks of `config`'s followers: the credentials hash (once there are credentials) and
 /// the settings hash.
-fn marks(config: &str, hashes: &Hashes<'_>) -> Vec<Mark> {
+fn marks(config: &str, hashes: &Followed<'_>) -> Vec<Mark> {
     let mut marks = Vec::with_capacity(2);
     if let Some(h) = hashes.credentials {
-        marks.push(Mark::new(CREDENTIALS_HASH_PREFIX, config, h, "credentials"));
+        marks.push(Mark::new(CREDENTIALS_HASH_PREFIX, config, h));
     }
-    marks.push(Mark::new(
-        SETTINGS_HASH_PREFIX,
-        config,
-        hashes.settings,
-        "settings",
-    ));
+    marks.push(Mark::new(SETTINGS_HASH_PREFIX, config, hashes.settings));
     marks
 }
 
@@ -62,13 +59,12 @@ fn changed(before: Option<&str>, now: Option<&str>) -> bool {
 pub async fn follow(
     ctx: &Context,
     index: &Index,
-    ns: &str,
-    name: &str,
     current: &ProviderConfigStatus,
-    hashes: &Hashes<'_>,
+    hashes: &Followed<'_>,
     now: Timestamp,
     happened: &mut Happenings,
 ) -> Result<Following> {
+    let (ns, name) = (hashes.namespace, hashes.name);
     let debounce = SignedDuration::try_from(ctx.settings.rollout_debounce)
         .unwrap_or(SignedDuration::from_secs(30));
     let mut r = current.rollout.clone().unwrap_or_default();
@@ -81,6 +77,11 @@ pub async fn follow(
             debounce.as_secs()
         ));
     }
+    for (what, changed) in [("credentials", credentials), ("settings", settings)] {
+        if changed && !r.pending_changes.iter().any(|c| c == what) {
+            r.pending_changes.push(what.to_string());
+        }
+    }
     let marks = marks(name, hashes);
     index.ready().await;
     let mut followers = index.following(ns, FOLLOW, name);
@@ -90,13 +91,12 @@ pub async fn follow(
         if now < due {
             requeue = until(now, due);
         } else {
-            let describe = |lacked: &[&Mark]| {
-                let what: Vec<&str> = lacked.iter().map(|m| m.what).collect();
-                format!(
-                    "{} of ProviderConfig {name} changed; pod template annotated",
-                    what.join(" and ")
-                )
+            let what = match r.pending_changes.as_slice() {
+                [] => "credentials or settings".to_string(),
+                changes => changes.join(" and "),
             };
+            let message =
+                format!("{what} of ProviderConfig {name} changed; pod template annotated");
             let pass = rollout::roll(
                 ctx,
                 &followers,
@@ -105,7 +105,7 @@ pub async fn follow(
                     marks: &marks,
                     debounce,
                     now,
-                    describe: &describe,
+                    message: &message,
                     count: crate::metrics::Metrics::provider_rollout,
                 },
             )
@@ -120,7 +120,10 @@ pub async fn follow(
             crate::controller::followers::record(&mut followers, &pass, &marks);
             match pass.wait_until {
                 Some(at) => requeue = until(now, at),
-                None => r.pending_since = None,
+                None => {
+                    r.pending_since = None;
+                    r.pending_changes.clear();
+                }
             }
         }
     }

@@ -229,10 +229,10 @@ async fn reconcile(
     let following = follow::follow(
         &ctx,
         &shared.workloads,
-        &ns,
-        &name,
         &current,
-        &follow::Hashes {
+        &follow::Followed {
+            namespace: &ns,
+            name: &name,
             credentials: hash.as_deref(),
             settings: &settings_hash,
         },

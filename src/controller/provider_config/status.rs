@@ -233,6 +233,7 @@ mod tests {
     static NO_FOLLOWERS: Following = Following {
         rollout: RolloutStatus {
             pending_since: None,
+            pending_changes: Vec::new(),
             last_time: None,
             last_hash: None,
             last_workloads: None,
