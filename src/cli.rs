@@ -190,7 +190,8 @@ pub struct RunArgs {
           value_parser = parse_ttl_flag)]
     pub default_job_ttl: String,
 
-    /// Shortest time between two rollouts of a workload following a ProviderConfig.
+    /// Shortest time between two rollouts of a workload following a ProviderConfig or a
+    /// published config.
     #[arg(long, env = "KILN_ROLLOUT_DEBOUNCE", default_value = "30s")]
     pub rollout_debounce: String,
 

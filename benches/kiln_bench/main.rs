@@ -21,6 +21,7 @@ mod archive;
 mod cluster;
 mod drafts;
 mod floor;
+mod followers;
 mod object_store;
 mod report;
 mod upload;
@@ -50,6 +51,7 @@ pub enum Scenario {
     /// Uploads through Kiln with an object store vs direct PUTs to the same S3 server; restore
     /// of a 100 MiB job after a pod replacement.
     ObjectStore,
+    Followers,
 }
 
 /// Kiln's benchmarks. Results go to `benches/results/`.
@@ -146,6 +148,10 @@ impl Args {
         self.upload_mib.unwrap_or(if self.full { 50 } else { 10 })
     }
     /// The concurrency as a `buffer_unordered` limit.
+    /// Workloads following one published config.
+    pub fn followers(&self) -> usize {
+        self.n.unwrap_or(if self.full { 50 } else { 10 })
+    }
     pub fn in_flight(&self, n: usize) -> usize {
         if self.concurrency == 0 {
             n.max(1)
@@ -186,6 +192,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Archive,
             Scenario::Upload,
             Scenario::ObjectStore,
+            Scenario::Followers,
         ]
     } else {
         args.scenarios.clone()
@@ -248,6 +255,7 @@ async fn run(args: &Args, scenarios: &[Scenario]) -> anyhow::Result<()> {
             (Scenario::Memory, Some(b)) => drafts::memory(b, args).await?,
             (Scenario::Upload, Some(b)) => upload::run(b, args).await?,
             (Scenario::ObjectStore, Some(b)) => object_store::run(b, args).await?,
+            (Scenario::Followers, Some(b)) => followers::run(b, args).await?,
         };
         // The converged world's operator is only kept for the economy scenario.
         if *scenario != Scenario::Convergence

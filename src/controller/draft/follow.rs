@@ -10,14 +10,13 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use tracing::info;
 
 use crate::api::common::FollowerStatus;
 use crate::api::draft::{ConfigRolloutStatus, DraftStatus, PublishedRevision};
 use crate::controller::Context;
-use crate::controller::followers::rollout;
-use crate::controller::followers::{Index, record, settle, until};
+use crate::controller::followers::{self, Index, rollout, settle};
 use crate::desired::follow::{CONFIG_REVISION_PREFIX, FOLLOW_CONFIG, Mark, Seen, report};
 use crate::error::Result;
 
@@ -45,56 +44,39 @@ pub async fn follow(
     published: &PublishedRevision,
     now: Timestamp,
 ) -> Result<Following> {
-    let debounce = SignedDuration::try_from(ctx.settings.rollout_debounce)
-        .unwrap_or(SignedDuration::from_secs(30));
+    let debounce = followers::debounce(ctx);
     let mut r = current.rollout.clone().unwrap_or_default();
     if is_new_content(current.published.as_ref(), published) && r.pending_since.is_none() {
         r.pending_since = Some(Time(settle(now)));
     }
+    let revision = published.revision;
     let marks = [Mark::new(
         CONFIG_REVISION_PREFIX,
         published_name,
-        published.revision.to_string(),
+        revision.to_string(),
     )];
     index.ready().await;
     let mut followers = index.following(ns, FOLLOW_CONFIG, published_name);
-    let mut requeue = ctx.settings.resync;
-    let mut rolled = Vec::new();
-    if let Some(since) = r.pending_since.clone() {
-        let due = since.0.checked_add(debounce).unwrap_or(now);
-        if now < due {
-            requeue = until(now, due);
-        } else {
-            let revision = published.revision;
-            let message = format!(
-                "config {published_name} has a new revision {revision}; pod template annotated"
-            );
-            let pass = rollout::roll(
-                ctx,
-                &followers,
-                &rollout::Request {
-                    namespace: ns,
-                    marks: &marks,
-                    debounce,
-                    now,
-                    message: &message,
-                    count: crate::metrics::Metrics::config_rollout,
-                },
-            )
-            .await?;
-            if !pass.rolled.is_empty() {
-                info!(workloads = ?pass.rolled, revision, "followers rolled out");
-                r.last_time = Some(Time(now));
-                r.last_revision = Some(revision);
-                r.last_workloads = i32::try_from(pass.rolled.len()).ok();
-            }
-            record(&mut followers, &pass, &marks);
-            rolled = pass.rolled;
-            match pass.wait_until {
-                Some(at) => requeue = until(now, at),
-                None => r.pending_since = None,
-            }
-        }
+    let message =
+        format!("config {published_name} has a new revision {revision}; pod template annotated");
+    let request = rollout::Request {
+        namespace: ns,
+        marks: &marks,
+        debounce,
+        now,
+        message: &message,
+        count: crate::metrics::Metrics::config_rollout,
+    };
+    let since = r.pending_since.as_ref().map(|t| t.0);
+    let step = followers::step(ctx, &mut followers, since, &request).await?;
+    if !step.rolled.is_empty() {
+        info!(workloads = ?step.rolled, revision, "followers rolled out");
+        r.last_time = Some(Time(now));
+        r.last_revision = Some(revision);
+        r.last_workloads = i32::try_from(step.rolled.len()).ok();
+    }
+    if step.done {
+        r.pending_since = None;
     }
     let seen: Vec<Seen<'_>> = followers.iter().map(|f| f.seen()).collect();
     let (lines, behind) = report(
@@ -108,8 +90,8 @@ pub async fn follow(
         rollout: r,
         followers: lines,
         behind,
-        requeue,
-        rolled,
+        requeue: step.requeue,
+        rolled: step.rolled,
     })
 }
 

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::jiff::{RoundMode, Timestamp, TimestampRound, Unit};
+use k8s_openapi::jiff::{RoundMode, SignedDuration, Timestamp, TimestampRound, Unit};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -28,8 +28,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::sync::CancellationToken;
 
-use super::{ReadinessProbe, Scope, store_ready};
+use super::{Context, ReadinessProbe, Scope, store_ready};
 use crate::desired::follow::{FOLLOW, FOLLOW_CONFIG, Mark, Seen, is_follow_annotation, targets};
+use crate::error::Result;
 
 /// A workload kind that can follow.
 pub trait Workload:
@@ -120,7 +121,7 @@ impl Follower {
 /// Marks the followers a pass rolled out as carrying `marks`: the index learns of the
 /// patches only when their watch events arrive, and the status written now must not call
 /// them behind.
-pub fn record(followers: &mut [Follower], pass: &rollout::Pass, marks: &[Mark]) {
+fn record(followers: &mut [Follower], pass: &rollout::Pass, marks: &[Mark]) {
     for f in followers.iter_mut() {
         if pass
             .rolled
@@ -133,6 +134,52 @@ pub fn record(followers: &mut [Follower], pass: &rollout::Pass, marks: &[Mark]) 
             }
         }
     }
+}
+
+/// The debounce window of rollouts.
+pub fn debounce(ctx: &Context) -> SignedDuration {
+    SignedDuration::try_from(ctx.settings.rollout_debounce).unwrap_or(SignedDuration::from_secs(30))
+}
+
+/// What one step of a debounced rollout did.
+pub struct Step {
+    /// Workloads rolled out, as `Kind/name`.
+    pub rolled: Vec<String>,
+    /// The window had closed and no follower waits any more: the rollout is over.
+    pub done: bool,
+    /// When to look again.
+    pub requeue: Duration,
+}
+
+/// One step of a debounced rollout whose window opened at `since` (None: none is open): once
+/// the window has closed, rolls `followers` out as `req` says and records it in them.
+pub async fn step(
+    ctx: &Context,
+    followers: &mut [Follower],
+    since: Option<Timestamp>,
+    req: &rollout::Request<'_>,
+) -> Result<Step> {
+    let waiting = |requeue| Step {
+        rolled: Vec::new(),
+        done: false,
+        requeue,
+    };
+    let Some(since) = since else {
+        return Ok(waiting(ctx.settings.resync));
+    };
+    let due = since.checked_add(req.debounce).unwrap_or(req.now);
+    if req.now < due {
+        return Ok(waiting(until(req.now, due)));
+    }
+    let pass = rollout::roll(ctx, followers, req).await?;
+    record(followers, &pass, req.marks);
+    Ok(Step {
+        done: pass.wait_until.is_none(),
+        requeue: pass
+            .wait_until
+            .map_or(ctx.settings.resync, |at| until(req.now, at)),
+        rolled: pass.rolled,
+    })
 }
 
 /// When a debounce window opened at `now` is recorded to start: Kubernetes keeps times to the

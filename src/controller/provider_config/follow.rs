@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use tracing::info;
 
 use super::events::Happenings;
@@ -18,7 +18,7 @@ use crate::api::common::FollowerStatus;
 use crate::api::provider_config::{ProviderConfigStatus, RolloutStatus};
 use crate::controller::Context;
 use crate::controller::followers::rollout::{self, short};
-use crate::controller::followers::{Index, settle, until};
+use crate::controller::followers::{self, Index, settle};
 use crate::desired::follow::{
     CREDENTIALS_HASH_PREFIX, FOLLOW, Mark, SETTINGS_HASH_PREFIX, Seen, report,
 };
@@ -65,8 +65,7 @@ pub async fn follow(
     happened: &mut Happenings,
 ) -> Result<Following> {
     let (ns, name) = (hashes.namespace, hashes.name);
-    let debounce = SignedDuration::try_from(ctx.settings.rollout_debounce)
-        .unwrap_or(SignedDuration::from_secs(30));
+    let debounce = followers::debounce(ctx);
     let mut r = current.rollout.clone().unwrap_or_default();
     let credentials = changed(current.credentials_hash.as_deref(), hashes.credentials);
     let settings = changed(current.settings_hash.as_deref(), Some(hashes.settings));
@@ -85,47 +84,31 @@ pub async fn follow(
     let marks = marks(name, hashes);
     index.ready().await;
     let mut followers = index.following(ns, FOLLOW, name);
-    let mut requeue = ctx.settings.resync;
-    if let Some(since) = r.pending_since.clone() {
-        let due = since.0.checked_add(debounce).unwrap_or(now);
-        if now < due {
-            requeue = until(now, due);
-        } else {
-            let what = match r.pending_changes.as_slice() {
-                [] => "credentials or settings".to_string(),
-                changes => changes.join(" and "),
-            };
-            let message =
-                format!("{what} of ProviderConfig {name} changed; pod template annotated");
-            let pass = rollout::roll(
-                ctx,
-                &followers,
-                &rollout::Request {
-                    namespace: ns,
-                    marks: &marks,
-                    debounce,
-                    now,
-                    message: &message,
-                    count: crate::metrics::Metrics::provider_rollout,
-                },
-            )
-            .await?;
-            if !pass.rolled.is_empty() {
-                info!(workloads = ?pass.rolled, "followers rolled out");
-                r.last_time = Some(Time(now));
-                r.last_hash = hashes.credentials.map(str::to_string);
-                r.last_workloads = i32::try_from(pass.rolled.len()).ok();
-                happened.rolled = pass.rolled.clone();
-            }
-            crate::controller::followers::record(&mut followers, &pass, &marks);
-            match pass.wait_until {
-                Some(at) => requeue = until(now, at),
-                None => {
-                    r.pending_since = None;
-                    r.pending_changes.clear();
-                }
-            }
-        }
+    let what = match r.pending_changes.as_slice() {
+        [] => "credentials or settings".to_string(),
+        changes => changes.join(" and "),
+    };
+    let message = format!("{what} of ProviderConfig {name} changed; pod template annotated");
+    let request = rollout::Request {
+        namespace: ns,
+        marks: &marks,
+        debounce,
+        now,
+        message: &message,
+        count: crate::metrics::Metrics::provider_rollout,
+    };
+    let since = r.pending_since.as_ref().map(|t| t.0);
+    let step = followers::step(ctx, &mut followers, since, &request).await?;
+    if !step.rolled.is_empty() {
+        info!(workloads = ?step.rolled, "followers rolled out");
+        r.last_time = Some(Time(now));
+        r.last_hash = hashes.credentials.map(str::to_string);
+        r.last_workloads = i32::try_from(step.rolled.len()).ok();
+        happened.rolled = step.rolled;
+    }
+    if step.done {
+        r.pending_since = None;
+        r.pending_changes.clear();
     }
     let seen: Vec<Seen<'_>> = followers.iter().map(|f| f.seen()).collect();
     let shown = marks[0].key.clone();
@@ -136,6 +119,6 @@ pub async fn follow(
         rollout: r,
         followers: lines,
         behind,
-        requeue,
+        requeue: step.requeue,
     })
 }
