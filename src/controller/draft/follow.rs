@@ -16,7 +16,7 @@ use tracing::info;
 use crate::api::common::FollowerStatus;
 use crate::api::draft::{ConfigRolloutStatus, DraftStatus, PublishedRevision};
 use crate::controller::Context;
-use crate::controller::followers::{self, Index, rollout, settle};
+use crate::controller::followers::{self, Index, SYNC_WAIT, rollout, settle};
 use crate::desired::follow::{CONFIG_REVISION_PREFIX, FOLLOW_CONFIG, Mark, Seen, report};
 use crate::error::Result;
 
@@ -55,7 +55,15 @@ pub async fn follow(
         published_name,
         revision.to_string(),
     )];
-    index.ready().await;
+    if !index.synced().await {
+        return Ok(Following {
+            rollout: r,
+            followers: current.followers.clone(),
+            behind: current.followers_behind.unwrap_or(0),
+            requeue: SYNC_WAIT,
+            rolled: Vec::new(),
+        });
+    }
     let mut followers = index.following(ns, FOLLOW_CONFIG, published_name);
     let message =
         format!("config {published_name} has a new revision {revision}; pod template annotated");

@@ -32,6 +32,9 @@ use super::{Context, ReadinessProbe, Scope, store_ready};
 use crate::desired::follow::{FOLLOW, FOLLOW_CONFIG, Mark, Seen, is_follow_annotation, targets};
 use crate::error::Result;
 
+/// How long a reconcile waits for the index's first lists.
+pub const SYNC_WAIT: Duration = Duration::from_secs(5);
+
 /// A workload kind that can follow.
 pub trait Workload:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -250,13 +253,19 @@ impl Workloads {
         (index, probes, Changes { configs, providers })
     }
 
-    /// Waits until the first list of every kind is in: before that, "no followers" could be
-    /// an artefact of start-up, and writing it into a status would be a wrong write.
-    pub async fn ready(&self) {
-        // The stores' writers live as long as their watch tasks; an error means shutdown.
-        let _ = self.deployments.wait_until_ready().await;
-        let _ = self.statefulsets.wait_until_ready().await;
-        let _ = self.daemonsets.wait_until_ready().await;
+    /// Waits (a little) until the first list of every kind is in: before that, "no
+    /// followers" could be an artefact of start-up, and writing it into a status would be a
+    /// wrong write. False when the lists are not in after [`SYNC_WAIT`] — Kiln may not be
+    /// allowed to list workloads (the watch logs why): the caller then leaves followers as
+    /// they are and looks again later, so that drafts and configs still work without them.
+    pub async fn synced(&self) -> bool {
+        let all = async {
+            // The stores' writers live as long as their watch tasks; an error means shutdown.
+            let _ = self.deployments.wait_until_ready().await;
+            let _ = self.statefulsets.wait_until_ready().await;
+            let _ = self.daemonsets.wait_until_ready().await;
+        };
+        tokio::time::timeout(SYNC_WAIT, all).await.is_ok()
     }
 
     /// The workloads in `namespace` whose `annotation` (`FOLLOW` or `FOLLOW_CONFIG`) lists

@@ -18,7 +18,7 @@ use crate::api::common::FollowerStatus;
 use crate::api::provider_config::{ProviderConfigStatus, RolloutStatus};
 use crate::controller::Context;
 use crate::controller::followers::rollout::{self, short};
-use crate::controller::followers::{self, Index, settle};
+use crate::controller::followers::{self, Index, SYNC_WAIT, settle};
 use crate::desired::follow::{
     CREDENTIALS_HASH_PREFIX, FOLLOW, Mark, SETTINGS_HASH_PREFIX, Seen, report,
 };
@@ -82,7 +82,14 @@ pub async fn follow(
         }
     }
     let marks = marks(name, hashes);
-    index.ready().await;
+    if !index.synced().await {
+        return Ok(Following {
+            rollout: r,
+            followers: current.followers.clone(),
+            behind: current.followers_behind.unwrap_or(0),
+            requeue: SYNC_WAIT,
+        });
+    }
     let mut followers = index.following(ns, FOLLOW, name);
     let what = match r.pending_changes.as_slice() {
         [] => "credentials or settings".to_string(),
