@@ -6,6 +6,8 @@
 //! Kiln does not own these objects, and one field manager applying the marks of several
 //! followed objects would remove the others' each time.
 
+use futures::future::BoxFuture;
+use futures::{StreamExt, stream};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
@@ -39,9 +41,22 @@ pub struct Request<'a> {
     pub count: fn(&crate::metrics::Metrics, &str),
 }
 
+/// How many followers' patches are in flight at once: a new revision followed by fifty
+/// workloads reaches them all in a few round trips, without a burst of fifty requests.
+const IN_FLIGHT: usize = 8;
+
+/// What became of one follower due for a rollout.
+enum Patched {
+    Rolled(String),
+    /// Changed since the index saw it: look again at this time.
+    Retry(Timestamp),
+    Gone,
+}
+
 /// Rolls out `followers` as `req` says.
 pub async fn roll(ctx: &Context, followers: &[Follower], req: &Request<'_>) -> Result<Pass> {
     let mut pass = Pass::default();
+    let mut due = Vec::new();
     for follower in followers {
         match plan(
             req.marks,
@@ -52,22 +67,46 @@ pub async fn roll(ctx: &Context, followers: &[Follower], req: &Request<'_>) -> R
         ) {
             FollowerPlan::UpToDate => {}
             FollowerPlan::Wait { until } => defer(&mut pass, until),
-            FollowerPlan::Roll => match follower.kind {
-                "Deployment" => patch::<Deployment>(ctx, follower, req, &mut pass).await?,
-                "StatefulSet" => patch::<StatefulSet>(ctx, follower, req, &mut pass).await?,
-                _ => patch::<DaemonSet>(ctx, follower, req, &mut pass).await?,
-            },
+            FollowerPlan::Roll => due.push(follower),
         }
     }
-    Ok(pass)
+    // The futures are made up front (they do nothing until polled): a closure inside the
+    // stream would make the reconcile's future too general for the compiler to prove `Send`.
+    let patches: Vec<_> = due
+        .into_iter()
+        .map(|follower| -> BoxFuture<'_, Result<Patched>> {
+            match follower.kind {
+                "Deployment" => Box::pin(patch::<Deployment>(ctx, follower, req)),
+                "StatefulSet" => Box::pin(patch::<StatefulSet>(ctx, follower, req)),
+                _ => Box::pin(patch::<DaemonSet>(ctx, follower, req)),
+            }
+        })
+        .collect();
+    let mut results = stream::iter(patches).buffer_unordered(IN_FLIGHT);
+    // Every patch is awaited, even after an error, so that the pass reports each one sent.
+    let mut first_error = None;
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(Patched::Rolled(name)) => pass.rolled.push(name),
+            Ok(Patched::Retry(at)) => defer(&mut pass, at),
+            Ok(Patched::Gone) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    pass.rolled.sort();
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(pass),
+    }
 }
 
 async fn patch<W: Workload>(
     ctx: &Context,
     follower: &Follower,
     req: &Request<'_>,
-    pass: &mut Pass,
-) -> Result<()> {
+) -> Result<Patched> {
     let api: Api<W> = Api::namespaced(ctx.client.clone(), req.namespace);
     let (kind, name) = (follower.kind, follower.name.as_str());
     let patch = rollout_patch(req.marks, &follower.resource_version, req.now);
@@ -77,7 +116,6 @@ async fn patch<W: Workload>(
     };
     match api.patch(name, &params, &Patch::Merge(&patch)).await {
         Ok(patched) => {
-            pass.rolled.push(format!("{kind}/{name}"));
             (req.count)(&ctx.metrics, kind);
             ctx.event(
                 &patched,
@@ -87,15 +125,14 @@ async fn patch<W: Workload>(
                 req.message,
             )
             .await;
-            Ok(())
+            Ok(Patched::Rolled(format!("{kind}/{name}")))
         }
         // Changed since the index saw it (perhaps rolled out for something else it follows):
         // look again shortly, with the index's newer copy, rather than restart it twice.
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            defer(pass, req.now + SignedDuration::from_secs(1));
-            Ok(())
+            Ok(Patched::Retry(req.now + SignedDuration::from_secs(1)))
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Patched::Gone),
         Err(e) => Err(e).context(format!("rolling out {kind} {name}")),
     }
 }
