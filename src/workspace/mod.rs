@@ -68,7 +68,7 @@ mod remote;
 pub mod sensitive;
 pub mod store;
 
-pub use archive::{ArchiveInfo, OpenArchive};
+pub use archive::{ArchiveInfo, Freshness, OpenArchive};
 pub use error::{Error, ErrorKind, Result};
 pub use key::JobKey;
 pub use limits::Limits;
