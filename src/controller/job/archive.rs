@@ -76,68 +76,90 @@ pub struct Changes<'a> {
     pub written: &'a [String],
 }
 
-/// The note of the `ArchiveRebuilt` Event, when a job that was complete with one archive is
-/// complete with another (pure). It names the ConfigMaps and Secrets whose change did it,
-/// never their content.
-pub fn rebuilt_note(
+/// The `ArchiveRebuilt` Event of a reconcile.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Why, naming the ConfigMaps and Secrets whose change did it, never their content. No
+    /// sha256: the recorder folds repeats into a series that keeps the first note, and the
+    /// new sha256 is in `status.archive` anyway.
+    pub note: String,
+    /// The ConfigMap or Secret whose change did it (the first, when several did): the
+    /// Event's related object, which keeps the Events of different sources apart.
+    pub source: Option<(SourceKind, String)>,
+}
+
+/// The `ArchiveRebuilt` Event, when a job that was complete with one archive is complete
+/// with another (pure).
+pub fn rebuilt(
     job: &KilnJob,
     old: &KilnJobStatus,
     new: &KilnJobStatus,
     changes: &Changes<'_>,
-) -> Option<String> {
-    let was = old
-        .archive
-        .as_ref()
-        .filter(|_| old.phase == Some(JobPhase::Complete))?;
-    let now = new
-        .archive
-        .as_ref()
-        .filter(|_| new.phase == Some(JobPhase::Complete))?;
+) -> Option<Rebuilt> {
+    let complete = |s: &KilnJobStatus| s.phase == Some(JobPhase::Complete);
+    let was = old.archive.as_ref().filter(|_| complete(old))?;
+    let now = new.archive.as_ref().filter(|_| complete(new))?;
     if was.sha256 == now.sha256 {
         return None;
     }
-    let cause = if changes.workspace_recreated {
-        "the workspace was recreated (the operator's pod was replaced)".to_string()
-    } else if old.observed_generation != job.metadata.generation {
-        "the Job's spec changed".to_string()
-    } else {
-        changed_sources(job, changes.written)
-            .unwrap_or_else(|| "the job's files changed".to_string())
+    let because = |cause: &str| Rebuilt {
+        note: format!("archive rebuilt because {cause}"),
+        source: None,
     };
-    Some(format!(
-        "archive rebuilt because {cause}: sha256 {} -> {}, {} bytes",
-        was.sha256, now.sha256, now.size_bytes
-    ))
+    if changes.workspace_recreated {
+        return Some(because(
+            "the workspace was recreated (the operator's pod was replaced)",
+        ));
+    }
+    if old.observed_generation != job.metadata.generation {
+        return Some(because("the Job's spec changed"));
+    }
+    let sources = changed_sources(job, changes.written);
+    let Some(((kind, name), _)) = sources.first_key_value() else {
+        return Some(because("the job's files changed"));
+    };
+    let source = Some((*kind, name.to_string()));
+    let parts: Vec<String> = sources
+        .iter()
+        .map(|((kind, name), paths)| {
+            format!("{} {name:?} changed ({})", kind.as_str(), list(paths))
+        })
+        .collect();
+    Some(Rebuilt {
+        note: format!("archive rebuilt because {}", parts.join("; ")),
+        source,
+    })
 }
 
-/// "ConfigMap \"app\" changed (conf/app.cfg)", one part per source, for the files written.
-fn changed_sources(job: &KilnJob, written: &[String]) -> Option<String> {
-    const SHOWN: usize = 5;
+/// The sources of the declared files written, each with the paths made from it.
+fn changed_sources<'j>(
+    job: &'j KilnJob,
+    written: &[String],
+) -> BTreeMap<(SourceKind, &'j str), Vec<&'j str>> {
     let mut by_source: BTreeMap<(SourceKind, &str), Vec<&str>> = BTreeMap::new();
     for file in &job.spec.files {
         if !written.contains(&file.path) {
             continue;
         }
         for source in declared::sources(file) {
-            by_source.entry(source).or_default().push(&file.path);
+            let paths = by_source.entry(source).or_default();
+            if paths.last() != Some(&file.path.as_str()) {
+                paths.push(&file.path);
+            }
         }
     }
-    if by_source.is_empty() {
-        return None;
+    by_source
+}
+
+/// `a, b, c, d, e and 2 more`.
+fn list(paths: &[&str]) -> String {
+    const SHOWN: usize = 5;
+    let more = paths.len().saturating_sub(SHOWN);
+    let mut shown = paths[..paths.len() - more].join(", ");
+    if more > 0 {
+        shown.push_str(&format!(" and {more} more"));
     }
-    let parts: Vec<String> = by_source
-        .into_iter()
-        .map(|((kind, name), mut paths)| {
-            paths.dedup();
-            let more = paths.len().saturating_sub(SHOWN);
-            let mut shown = paths.into_iter().take(SHOWN).collect::<Vec<_>>().join(", ");
-            if more > 0 {
-                shown.push_str(&format!(" and {more} more"));
-            }
-            format!("{} {name:?} changed ({shown})", kind.as_str())
-        })
-        .collect();
-    Some(parts.join("; "))
+    shown
 }
 
 #[cfg(test)]
@@ -210,11 +232,29 @@ mod tests {
             workspace_recreated: false,
             written: &written,
         };
-        let note = rebuilt_note(&j, &old, &new, &changes).unwrap();
+        let event = rebuilt(&j, &old, &new, &changes).unwrap();
         assert_eq!(
-            note,
+            event.note,
             "archive rebuilt because ConfigMap \"app\" changed (a.cfg, b.cfg); \
-             Secret \"db\" changed (token): sha256 aaa -> bbb, 10 bytes"
+             Secret \"db\" changed (token)"
+        );
+        assert_eq!(event.source, Some((SourceKind::ConfigMap, "app".into())));
+        let written = ["token".to_string()];
+        let changes = Changes {
+            workspace_recreated: false,
+            written: &written,
+        };
+        let event = rebuilt(&j, &old, &new, &changes).unwrap();
+        assert_eq!(event.source, Some((SourceKind::Secret, "db".into())));
+    }
+
+    #[test]
+    fn long_lists_of_paths_are_cut() {
+        assert_eq!(list(&["a"]), "a");
+        assert_eq!(list(&["a", "b", "c", "d", "e"]), "a, b, c, d, e");
+        assert_eq!(
+            list(&["a", "b", "c", "d", "e", "f", "g"]),
+            "a, b, c, d, e and 2 more"
         );
     }
 
@@ -226,16 +266,18 @@ mod tests {
             workspace_recreated: false,
             written: &[],
         };
-        let note = rebuilt_note(&job(2), &old, &new, &none).unwrap();
-        assert!(note.contains("the Job's spec changed"), "{note}");
-        let note = rebuilt_note(&job(1), &old, &new, &none).unwrap();
-        assert!(note.contains("the job's files changed"), "{note}");
+        let note = |j: &KilnJob, changes: &Changes<'_>| {
+            let event = rebuilt(j, &old, &new, changes).unwrap();
+            assert_eq!(event.source, None);
+            event.note
+        };
+        assert!(note(&job(2), &none).contains("the Job's spec changed"));
+        assert!(note(&job(1), &none).contains("the job's files changed"));
         let recreated = Changes {
             workspace_recreated: true,
             written: &[],
         };
-        let note = rebuilt_note(&job(1), &old, &new, &recreated).unwrap();
-        assert!(note.contains("workspace was recreated"), "{note}");
+        assert!(note(&job(1), &recreated).contains("workspace was recreated"));
     }
 
     #[test]
@@ -246,11 +288,11 @@ mod tests {
             written: &[],
         };
         let complete = |sha: &str| status(JobPhase::Complete, Some(sha));
-        assert!(rebuilt_note(&j, &complete("aaa"), &complete("aaa"), &none).is_none());
+        assert!(rebuilt(&j, &complete("aaa"), &complete("aaa"), &none).is_none());
         // Completing for the first time is `Completed`, not a rebuild.
         let generating = status(JobPhase::Generating, None);
-        assert!(rebuilt_note(&j, &generating, &complete("aaa"), &none).is_none());
+        assert!(rebuilt(&j, &generating, &complete("aaa"), &none).is_none());
         // A source deleted: the archive goes away (reported as SourceNotFound).
-        assert!(rebuilt_note(&j, &complete("aaa"), &generating, &none).is_none());
+        assert!(rebuilt(&j, &complete("aaa"), &generating, &none).is_none());
     }
 }

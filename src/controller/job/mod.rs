@@ -13,7 +13,7 @@ mod triggers;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -250,11 +250,8 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
         workspace_recreated: created,
         written: &written,
     };
-    if let Some(note) = archive::rebuilt_note(job, &current, &desired, &changes) {
-        info!(%note, "archive rebuilt");
-        ctx.metrics.transition(KIND, "ArchiveRebuilt");
-        ctx.event(job, EventType::Normal, "ArchiveRebuilt", "Archive", note)
-            .await;
+    if let Some(rebuilt) = archive::rebuilt(job, &current, &desired, &changes) {
+        announce_rebuilt(ctx, job, &ns, rebuilt).await;
     }
     write_status(jobs, job, desired).await?;
 
@@ -434,6 +431,27 @@ async fn announce(ctx: &Context, job: &KilnJob, old: &KilnJobStatus, new: &KilnJ
             ),
         )
         .await;
+    }
+}
+
+/// The `ArchiveRebuilt` Event, about the ConfigMap or Secret whose change caused it.
+async fn announce_rebuilt(ctx: &Context, job: &KilnJob, ns: &str, rebuilt: archive::Rebuilt) {
+    info!(note = %rebuilt.note, "archive rebuilt");
+    ctx.metrics.transition(KIND, "ArchiveRebuilt");
+    let (type_, reason, action) = (EventType::Normal, "ArchiveRebuilt", "Archive");
+    match rebuilt.source {
+        Some((kind, name)) => {
+            let related = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some(kind.as_str().into()),
+                name: Some(name),
+                namespace: Some(ns.into()),
+                ..ObjectReference::default()
+            };
+            ctx.event_related(job, related, type_, reason, action, rebuilt.note)
+                .await
+        }
+        None => ctx.event(job, type_, reason, action, rebuilt.note).await,
     }
 }
 
