@@ -84,8 +84,8 @@ pub struct OpenArchive {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Freshness {
     /// Built by this process, and no file was written or deleted since the build started;
-    /// its sha256.
-    Current(String),
+    /// what the build made.
+    Current(ArchiveInfo),
     /// Found on disk when the job was registered (at start-up, or restored from the object
     /// store), newer than every file: built from these files by an earlier process, whose
     /// sha256 the Job's status recorded then.
@@ -99,7 +99,7 @@ impl Freshness {
     /// in the Job's status).
     pub fn matches(&self, recorded: &str) -> bool {
         match self {
-            Freshness::Current(sha256) => sha256 == recorded,
+            Freshness::Current(built) => built.sha256 == recorded,
             Freshness::Found => true,
             Freshness::Stale => false,
         }
@@ -109,8 +109,8 @@ impl Freshness {
 impl JobState {
     pub(crate) fn freshness(&self) -> Freshness {
         match &self.archive {
-            Some(r) if r.files_version == self.files_version => match &r.sha256 {
-                Some(sha256) => Freshness::Current(sha256.clone()),
+            Some(r) if r.files_version == self.files_version => match &r.built {
+                Some(built) => Freshness::Current(built.clone()),
                 None => Freshness::Found,
             },
             _ => Freshness::Stale,
@@ -163,6 +163,12 @@ impl Workspace {
         let location = self.store_archive(job, &mut temp.file, size_bytes)?;
 
         let target = job_dir.join(ARCHIVE_FILE);
+        let info = ArchiveInfo {
+            path: target.clone(),
+            size_bytes,
+            sha256,
+            location,
+        };
         {
             let mut st = self.lock();
             let current = st.jobs.get_mut(job).filter(|j| j.generation == generation);
@@ -175,18 +181,13 @@ impl Workspace {
                 .map_err(io_err("rename into", &target))?;
             j.archive = Some(ArchiveRecord {
                 files_version,
-                sha256: Some(sha256.clone()),
+                built: Some(info.clone()),
             });
             let previous = std::mem::replace(&mut j.archive_bytes, size_bytes);
             st.archive_bytes = st.archive_bytes.saturating_sub(previous) + size_bytes;
         }
         fsutil::sync_dir(&job_dir).map_err(io_err("sync", &job_dir))?;
-        Ok(ArchiveInfo {
-            path: target,
-            size_bytes,
-            sha256,
-            location,
-        })
+        Ok(info)
     }
 
     /// Whether the job's archive holds its files as they are now (see [`Freshness`]).

@@ -136,8 +136,8 @@ pub(crate) struct JobState {
 pub(crate) struct ArchiveRecord {
     /// The job's `files_version` when the build started.
     pub(crate) files_version: u64,
-    /// The archive's sha256; `None` for one found on disk, built by an earlier process.
-    pub(crate) sha256: Option<String>,
+    /// What the build made; `None` for an archive found on disk, built by an earlier process.
+    pub(crate) built: Option<super::ArchiveInfo>,
 }
 
 /// What a scan of a job's directory found.
@@ -157,7 +157,7 @@ impl State {
         self.archive_bytes += usage.archive_bytes;
         let archive = scanned.archive_holds_files.then_some(ArchiveRecord {
             files_version: 0,
-            sha256: None,
+            built: None,
         });
         self.jobs.insert(
             job.clone(),

@@ -957,11 +957,11 @@ fn an_archive_is_current_until_a_file_changes() {
     let first = ws.build_archive(&job).unwrap();
     assert_eq!(
         ws.archive_freshness(&job).unwrap(),
-        Freshness::Current(first.sha256.clone())
+        Freshness::Current(first.clone())
     );
     assert_eq!(
         ws.open_archive(&job).unwrap().freshness,
-        Freshness::Current(first.sha256.clone())
+        Freshness::Current(first.clone())
     );
 
     // A declared file rewritten (its source changed): the archive no longer holds the files.
@@ -972,10 +972,10 @@ fn an_archive_is_current_until_a_file_changes() {
     assert_ne!(second.sha256, first.sha256);
     assert_eq!(
         ws.archive_freshness(&job).unwrap(),
-        Freshness::Current(second.sha256.clone())
+        Freshness::Current(second.clone())
     );
-    assert!(Freshness::Current(second.sha256.clone()).matches(&second.sha256));
-    assert!(!Freshness::Current(second.sha256.clone()).matches(&first.sha256));
+    assert!(Freshness::Current(second.clone()).matches(&second.sha256));
+    assert!(!Freshness::Current(second.clone()).matches(&first.sha256));
 
     // Deletes count too, and a removed archive holds nothing.
     ws.delete(&job, &p("f")).unwrap();
@@ -1025,11 +1025,11 @@ fn an_archive_holds_the_version_of_the_files_its_build_started_from() {
     let info = ws.build_archive(&job).unwrap();
     assert_eq!(
         ws.archive_freshness(&job).unwrap(),
-        Freshness::Current(info.sha256.clone())
+        Freshness::Current(info.clone())
     );
     ws.lock().jobs.get_mut(&job).unwrap().archive = Some(store::ArchiveRecord {
         files_version: before,
-        sha256: Some(info.sha256),
+        built: Some(info),
     });
     assert_eq!(ws.archive_freshness(&job).unwrap(), Freshness::Stale);
 }

@@ -17,59 +17,85 @@ use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus};
 use crate::desired::job::download_path;
 use crate::error::Result;
 use crate::resolve::declared::{self, SourceKind};
-use crate::workspace::{Freshness, JobKey};
+use crate::workspace::{ArchiveInfo, Freshness, JobKey};
 
-/// The job's archive: the one the status records while it still holds the job's files,
-/// else a new build.
+/// The archive of a reconcile.
+pub struct Ensured {
+    pub archive: ArchiveStatus,
+    /// Whether this reconcile built it (rather than keeping the one on disk).
+    pub built: bool,
+}
+
+/// The job's archive: the one on disk while it holds the job's files, else a new build.
 pub async fn ensure(
     ctx: &Context,
     job: &KilnJob,
     current: &KilnJobStatus,
     key: &JobKey,
     created: bool,
-) -> Result<ArchiveStatus> {
+) -> Result<Ensured> {
     let on_disk = ctx.workspace.archive_path(key).is_file();
     let freshness = {
         let key = key.clone();
         blocking(&ctx.workspace, move |ws| ws.archive_freshness(&key)).await?
     };
-    if let Some(existing) = reusable(job, current, created, on_disk, &freshness) {
-        return Ok(existing.clone());
+    if let Some(archive) = keep(job, current, created, on_disk, freshness) {
+        return Ok(Ensured {
+            archive,
+            built: false,
+        });
     }
     let start = std::time::Instant::now();
     let key = key.clone();
     let info = blocking(&ctx.workspace, move |ws| ws.build_archive(&key)).await?;
     ctx.metrics
         .archive_built(start.elapsed().as_secs_f64(), info.size_bytes);
-    Ok(ArchiveStatus {
-        size_bytes: info.size_bytes as i64,
-        sha256: info.sha256,
-        download_path: download_path(&job.namespace().unwrap_or_default(), &job.name_any()),
-        location: info.location,
+    Ok(Ensured {
+        archive: status_of(job, info),
+        built: true,
     })
 }
 
-/// The archive the status records, when it can be kept (pure): the job was already complete
-/// with this spec, in this workspace, and the archive on disk is that one and holds the
-/// files as they are now.
-fn reusable<'s>(
+/// The archive to keep instead of building one, if any (pure):
+/// - one this process built, while no file changed since: whatever the status says, which
+///   can lag (a cached copy of the Job from before the last status write, or a status write
+///   that failed);
+/// - one found on disk from an earlier process, newer than every file: the one the status
+///   records, if the job was already complete with this spec.
+fn keep(
     job: &KilnJob,
-    current: &'s KilnJobStatus,
+    current: &KilnJobStatus,
     created: bool,
     on_disk: bool,
-    freshness: &Freshness,
-) -> Option<&'s ArchiveStatus> {
-    let existing = current.archive.as_ref()?;
-    let keep = on_disk
-        && !created
-        && current.observed_generation == job.metadata.generation
-        && current.phase == Some(JobPhase::Complete)
-        && freshness.matches(&existing.sha256);
-    keep.then_some(existing)
+    freshness: Freshness,
+) -> Option<ArchiveStatus> {
+    if created || !on_disk {
+        return None;
+    }
+    match freshness {
+        Freshness::Current(built) => Some(status_of(job, built)),
+        Freshness::Found => current.archive.clone().filter(|_| {
+            current.observed_generation == job.metadata.generation
+                && current.phase == Some(JobPhase::Complete)
+        }),
+        Freshness::Stale => None,
+    }
 }
 
-/// What this reconcile found changed in the job's files.
+fn status_of(job: &KilnJob, info: ArchiveInfo) -> ArchiveStatus {
+    ArchiveStatus {
+        size_bytes: i64::try_from(info.size_bytes).unwrap_or(i64::MAX),
+        sha256: info.sha256,
+        download_path: download_path(&job.namespace().unwrap_or_default(), &job.name_any()),
+        location: info.location,
+    }
+}
+
+/// What this reconcile found changed in the job's files, and whether it built the archive.
 pub struct Changes<'a> {
+    /// The archive was built by this reconcile (an archive kept from an earlier build was
+    /// announced by the reconcile that built it).
+    pub archive_built: bool,
     /// The workspace directory was created anew (the pod was replaced).
     pub workspace_recreated: bool,
     /// Declared files (or `plan.json`) whose bytes were written.
@@ -96,6 +122,9 @@ pub fn rebuilt(
     new: &KilnJobStatus,
     changes: &Changes<'_>,
 ) -> Option<Rebuilt> {
+    if !changes.archive_built {
+        return None;
+    }
     let complete = |s: &KilnJobStatus| s.phase == Some(JobPhase::Complete);
     let was = old.archive.as_ref().filter(|_| complete(old))?;
     let now = new.archive.as_ref().filter(|_| complete(new))?;
@@ -195,27 +224,57 @@ mod tests {
         }
     }
 
+    fn built(sha256: &str) -> ArchiveInfo {
+        ArchiveInfo {
+            path: "/ws/archive.zip".into(),
+            size_bytes: 20,
+            sha256: sha256.into(),
+            location: None,
+        }
+    }
+
     #[test]
-    fn the_recorded_archive_is_kept_only_while_it_holds_the_files() {
+    fn the_archive_on_disk_is_kept_only_while_it_holds_the_files() {
         let j = job(1);
         let complete = status(JobPhase::Complete, Some("aaa"));
-        let current = Freshness::Current("aaa".into());
-        assert!(reusable(&j, &complete, false, true, &current).is_some());
-        // Built by an earlier process, newer than every file: trusted as the status says.
-        assert!(reusable(&j, &complete, false, true, &Freshness::Found).is_some());
+        let keep = |j: &KilnJob, s: &KilnJobStatus, created, on_disk, f: &Freshness| {
+            keep(j, s, created, on_disk, f.clone()).map(|a| a.sha256)
+        };
+        let current = Freshness::Current(built("aaa"));
+        assert_eq!(
+            keep(&j, &complete, false, true, &current).as_deref(),
+            Some("aaa")
+        );
+        // Built by this process after the status it sees (a lagging cache, or a status write
+        // that failed): kept, and the status catches up.
+        let later = Freshness::Current(built("bbb"));
+        assert_eq!(
+            keep(&j, &complete, false, true, &later).as_deref(),
+            Some("bbb")
+        );
+        let generating = status(JobPhase::Generating, None);
+        assert_eq!(
+            keep(&j, &generating, false, true, &later).as_deref(),
+            Some("bbb")
+        );
         // A file was written since the build (a source changed): rebuild.
-        assert!(reusable(&j, &complete, false, true, &Freshness::Stale).is_none());
-        // Rebuilt already, but the status write did not happen: rebuild (same bytes).
-        let other = Freshness::Current("bbb".into());
-        assert!(reusable(&j, &complete, false, true, &other).is_none());
-        // Workspace recreated, archive gone, spec changed, or not complete before.
-        assert!(reusable(&j, &complete, true, true, &current).is_none());
-        assert!(reusable(&j, &complete, false, false, &current).is_none());
-        assert!(reusable(&job(2), &complete, false, true, &current).is_none());
+        assert_eq!(keep(&j, &complete, false, true, &Freshness::Stale), None);
+        // Workspace recreated, or the archive gone.
+        assert_eq!(keep(&j, &complete, true, true, &current), None);
+        assert_eq!(keep(&j, &complete, false, false, &current), None);
+
+        // Built by an earlier process, newer than every file: trusted as the status says,
+        // when the job was complete with this spec.
+        let found = Freshness::Found;
+        assert_eq!(
+            keep(&j, &complete, false, true, &found).as_deref(),
+            Some("aaa")
+        );
+        assert_eq!(keep(&job(2), &complete, false, true, &found), None);
         let generating = status(JobPhase::Generating, Some("aaa"));
-        assert!(reusable(&j, &generating, false, true, &current).is_none());
+        assert_eq!(keep(&j, &generating, false, true, &found), None);
         let none = status(JobPhase::Complete, None);
-        assert!(reusable(&j, &none, false, true, &Freshness::Found).is_none());
+        assert_eq!(keep(&j, &none, false, true, &found), None);
     }
 
     #[test]
@@ -229,6 +288,7 @@ mod tests {
             "token".to_string(),
         ];
         let changes = Changes {
+            archive_built: true,
             workspace_recreated: false,
             written: &written,
         };
@@ -241,6 +301,7 @@ mod tests {
         assert_eq!(event.source, Some((SourceKind::ConfigMap, "app".into())));
         let written = ["token".to_string()];
         let changes = Changes {
+            archive_built: true,
             workspace_recreated: false,
             written: &written,
         };
@@ -263,6 +324,7 @@ mod tests {
         let old = status(JobPhase::Complete, Some("aaa"));
         let new = status(JobPhase::Complete, Some("bbb"));
         let none = Changes {
+            archive_built: true,
             workspace_recreated: false,
             written: &[],
         };
@@ -274,6 +336,7 @@ mod tests {
         assert!(note(&job(2), &none).contains("the Job's spec changed"));
         assert!(note(&job(1), &none).contains("the job's files changed"));
         let recreated = Changes {
+            archive_built: true,
             workspace_recreated: true,
             written: &[],
         };
@@ -284,6 +347,7 @@ mod tests {
     fn no_note_unless_a_complete_job_changed_archive() {
         let j = job(1);
         let none = Changes {
+            archive_built: true,
             workspace_recreated: false,
             written: &[],
         };
@@ -294,5 +358,11 @@ mod tests {
         assert!(rebuilt(&j, &generating, &complete("aaa"), &none).is_none());
         // A source deleted: the archive goes away (reported as SourceNotFound).
         assert!(rebuilt(&j, &complete("aaa"), &generating, &none).is_none());
+        // An archive kept, with a status that lagged behind it: announced when it was built.
+        let kept = Changes {
+            archive_built: false,
+            ..none
+        };
+        assert!(rebuilt(&j, &complete("aaa"), &complete("bbb"), &kept).is_none());
     }
 }

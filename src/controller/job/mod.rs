@@ -223,14 +223,15 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
         && problems.is_empty()
         && lost_uploads.is_none()
         && seen_missing.is_empty();
-    let archive = if ready_to_archive {
-        Some(archive::ensure(ctx, job, &current, &key, created).await?)
+    let (archive, archive_built) = if ready_to_archive {
+        let ensured = archive::ensure(ctx, job, &current, &key, created).await?;
+        (Some(ensured.archive), ensured.built)
     } else {
         if current.archive.is_some() {
             let key = key.clone();
             blocking(&ctx.workspace, move |ws| ws.remove_archive(&key)).await?;
         }
-        None
+        (None, false)
     };
 
     let seen = Observed {
@@ -247,6 +248,7 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
     stored::apply(&mut desired, &store, job.metadata.generation, now);
     announce(ctx, job, &current, &desired).await;
     let changes = archive::Changes {
+        archive_built,
         workspace_recreated: created,
         written: &written,
     };
