@@ -1307,11 +1307,14 @@ impl Sourced {
     }
 }
 
+/// An archive's entries, by path.
+type Unzipped = BTreeMap<String, Vec<u8>>;
+
 /// A client downloading a Job's archive in a loop: the `ETag` and files of every 200 (after
 /// checking that the bytes are their `ETag`), `None` for every 503 while it is rebuilt.
 struct DownloadWatcher {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<(Option<String>, BTreeMap<String, Vec<u8>>)>>,
+    task: tokio::task::JoinHandle<Vec<(Option<String>, Unzipped)>>,
 }
 
 impl DownloadWatcher {
@@ -1355,7 +1358,7 @@ impl DownloadWatcher {
         DownloadWatcher { stop, task }
     }
 
-    async fn stop(self) -> Vec<(Option<String>, BTreeMap<String, Vec<u8>>)> {
+    async fn stop(self) -> Vec<(Option<String>, Unzipped)> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.task.await.expect("the downloading client")
     }

@@ -3,8 +3,9 @@
 //! The codes are an API (docs/http-api.md, "Errors"): `validation_error` (400), `unauthorized` (401),
 //! `forbidden` (403), `not_found` (404), `conflict` (409), `payload_too_large` (413),
 //! `unavailable` (503: the object store behind the workspace did not answer, nothing was
-//! stored; or a complete job's archive is being rebuilt; retry), `internal_error` (500). Internal errors are logged with their detail and answered with a
-//! generic message, because their detail names paths and objects on the server.
+//! stored; or a complete job's archive is being rebuilt; retry), `internal_error` (500).
+//! Internal errors are logged with their detail and answered with a generic message, because
+//! their detail names paths and objects on the server.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
