@@ -5,6 +5,9 @@
 //!
 //! Each test creates its Job and talks to it at once: the API waits (briefly) for the Job
 //! controller to set up the Job's workspace directory, as a real client would need it to.
+//!
+//! The last tests change the ConfigMaps and Secrets a complete Job's declared files read, and
+//! check that the files, `status.archive` and the archive served over HTTP follow together.
 
 mod support;
 
@@ -14,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kiln::api::KilnJob;
 use kiln::api::job::JobPhase;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -1126,4 +1130,498 @@ async fn stats_need_list_on_jobs_in_every_namespace() {
     assert_eq!(stats["limits"]["maxJobBytes"], 100 * 1024 * 1024);
     assert_eq!(stats["limits"]["maxFilesPerJob"], 10_000);
     assert_eq!(stats["limits"]["maxWorkspaceBytes"], 1024 * 1024 * 1024);
+}
+
+// ---- Declared files that follow their sources -------------------------------------------
+
+/// Far below the 10-minute resync (and the 15 s recheck of a missing source): only the
+/// watches of ConfigMaps and Secrets can make a Job react this fast.
+const LIVE: Duration = Duration::from_secs(10);
+
+/// A Job whose declared files read a ConfigMap and a Secret, complete, and a token that may
+/// read its files and that Secret.
+struct Sourced {
+    w: World,
+    token: String,
+    cms: Api<ConfigMap>,
+    secrets: Api<Secret>,
+}
+
+impl Sourced {
+    async fn new(prefix: &str) -> Sourced {
+        let w = world(prefix, &[]).await;
+        let grant = Grant {
+            rules: json!([
+                {"apiGroups": ["kiln.dev"], "resources": ["jobs/files"], "verbs": ["get", "list"]},
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+            ]),
+            can_i: &["get", "secrets"],
+        };
+        let token = w.cp.service_account(&w.ns, "reader", Some(grant)).await;
+        let client = w.cp.client().await;
+        let s = Sourced {
+            cms: Api::namespaced(client.clone(), &w.ns),
+            secrets: Api::namespaced(client, &w.ns),
+            w,
+            token,
+        };
+        for (name, data) in [
+            (
+                "app",
+                json!({"app.cfg": "level = 1\n", "tpl": "Hi {{ who }}"}),
+            ),
+            ("unrelated", json!({"x": "1"})),
+        ] {
+            let cm = json!({"metadata": {"name": name}, "data": data});
+            s.cms
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(cm).expect("cm"),
+                )
+                .await
+                .expect("create ConfigMap");
+        }
+        let secret = json!({
+            "metadata": {"name": "db", "annotations": {"kiln.dev/allow-job-source": "true"}},
+            "stringData": {"token": "t-one"},
+        });
+        s.secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(secret).expect("secret"),
+            )
+            .await
+            .expect("create Secret");
+        let job: KilnJob = serde_json::from_value(json!({
+            "apiVersion": "kiln.dev/v1alpha1", "kind": "Job", "metadata": {"name": "site"},
+            "spec": {"projectName": "site", "complete": true, "files": [
+                {"path": "README.md", "content": "# Site\n"},
+                {"path": "conf/app.cfg", "contentFrom": {"configMapKeyRef": {"name": "app", "key": "app.cfg"}}},
+                {"path": "greet.txt", "template": {"sourceFrom": {"configMapKeyRef": {"name": "app", "key": "tpl"}}, "context": {"who": "Kiln"}}},
+                {"path": "conf/token", "contentFrom": {"secretKeyRef": {"name": "db", "key": "token"}}},
+            ]},
+        }))
+        .expect("job");
+        s.w.jobs
+            .create(&PostParams::default(), &job)
+            .await
+            .expect("create job");
+        s
+    }
+
+    /// The Job once it is complete with an archive whose sha256 is not `not`.
+    async fn complete_with_another_archive(&self, not: &str, within: Duration) -> KilnJob {
+        eventually(within, "a complete job with a new archive", || async {
+            let j = self.w.jobs.get("site").await.ok()?;
+            let s = j.status.as_ref()?;
+            let fresh = s.phase == Some(JobPhase::Complete)
+                && s.observed_generation == j.metadata.generation
+                && s.archive.as_ref().is_some_and(|a| a.sha256 != not);
+            fresh.then_some(j)
+        })
+        .await
+    }
+
+    /// A file read over the file API.
+    async fn file(&self, path: &str) -> Vec<u8> {
+        let r = self
+            .w
+            .get(
+                Some(&self.token),
+                &self.w.url("site", &format!("files/{path}")),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.body
+    }
+
+    /// The archive downloaded over the file API, once the API serves the one whose sha256 is
+    /// `sha`. Every answer on the way is checked: a 503 while the archive is rebuilt, or an
+    /// archive whose bytes are its `ETag` and hold what `expected` says that archive holds.
+    async fn download(
+        &self,
+        sha: &str,
+        expected: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    ) -> BTreeMap<String, Vec<u8>> {
+        let url = self.w.url("site", "download");
+        eventually(WAIT, "the download of the new archive", || async {
+            let r = self.w.get(Some(&self.token), &url).await;
+            if r.status == 503 {
+                let error = assert_error(&r, 503, "unavailable");
+                assert_eq!(error["details"]["reason"], "archive_rebuilding", "{error}");
+                assert_eq!(r.header("retry-after"), Some("1"));
+                return None;
+            }
+            assert_eq!(r.status, 200, "{}", r.text());
+            let etag = r
+                .header("etag")
+                .expect("an ETag")
+                .trim_matches('"')
+                .to_string();
+            assert_eq!(sha256_hex(&r.body), etag, "the bytes served are their ETag");
+            let files = unzip(&r.body);
+            if let Some(holds) = expected.get(&etag) {
+                assert_eq!(&files, holds, "archive {etag} holds other files");
+            }
+            (etag == sha).then_some(files)
+        })
+        .await
+    }
+
+    /// The `ArchiveRebuilt` Events: their related object (`Kind/name`) and note, sorted.
+    async fn rebuilt_events(&self) -> Vec<(String, String)> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.w.cp.client().await, &self.w.ns);
+        let mut notes: Vec<(String, String)> = events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("ArchiveRebuilt"))
+            .map(|e| {
+                let related = e.related.unwrap_or_default();
+                let related = format!(
+                    "{}/{}",
+                    related.kind.unwrap_or_default(),
+                    related.name.unwrap_or_default()
+                );
+                (related, e.note.unwrap_or_default())
+            })
+            .collect();
+        notes.sort();
+        notes
+    }
+
+    /// `kiln_reconciles_total{controller="job"}`, once it has not moved for two seconds.
+    async fn settled_job_reconciles(&self) -> u64 {
+        let mut last = job_reconciles(&self.w.op).await;
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = job_reconciles(&self.w.op).await;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+}
+
+/// An archive's entries, by path.
+type Unzipped = BTreeMap<String, Vec<u8>>;
+
+/// A client downloading a Job's archive in a loop: the `ETag` and files of every 200 (after
+/// checking that the bytes are their `ETag`), `None` for every 503 while it is rebuilt.
+struct DownloadWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(Option<String>, Unzipped)>>,
+}
+
+impl DownloadWatcher {
+    fn start(s: &Sourced) -> DownloadWatcher {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (addr, url) = (s.w.op.http_addr, s.w.url("site", "download"));
+        let auth = format!("Bearer {}", s.token);
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                let r = http_request(
+                    addr,
+                    "GET",
+                    &url,
+                    &[("Authorization", &auth)],
+                    HttpBody::None,
+                )
+                .await;
+                match r.status {
+                    200 => {
+                        let etag = r
+                            .header("etag")
+                            .expect("an ETag")
+                            .trim_matches('"')
+                            .to_string();
+                        assert_eq!(sha256_hex(&r.body), etag, "the bytes served are their ETag");
+                        seen.push((Some(etag), unzip(&r.body)));
+                    }
+                    503 => {
+                        let error = assert_error(&r, 503, "unavailable");
+                        assert_eq!(error["details"]["reason"], "archive_rebuilding");
+                        seen.push((None, BTreeMap::new()));
+                    }
+                    other => panic!("download answered {other}: {}", r.text()),
+                }
+            }
+            seen
+        });
+        DownloadWatcher { stop, task }
+    }
+
+    async fn stop(self) -> Vec<(Option<String>, Unzipped)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("the downloading client")
+    }
+}
+
+async fn job_reconciles(op: &Operator) -> u64 {
+    let (_, text) = support::http_get(op.http_addr, "/metrics")
+        .await
+        .expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("kiln_reconciles_total{controller=\"job\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count of job reconciles in the metrics:\n{text}"))
+}
+
+fn unzip(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip");
+    (0..zip.len())
+        .map(|i| {
+            let mut entry = zip.by_index(i).expect("entry");
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).expect("read entry");
+            (entry.name().expect("name").to_string(), data)
+        })
+        .collect()
+}
+
+fn files(entries: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+    entries
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_jobs_files_and_archive_follow_their_configmap_and_secret() {
+    let s = Sourced::new("files-live").await;
+    let first = s.complete_with_another_archive("", WAIT).await;
+    let first_sha = first
+        .status
+        .as_ref()
+        .and_then(|st| st.archive.clone())
+        .expect("archive")
+        .sha256;
+    let mut expected = BTreeMap::new();
+    expected.insert(
+        first_sha.clone(),
+        files(&[
+            ("README.md", "# Site\n"),
+            ("conf/app.cfg", "level = 1\n"),
+            ("conf/token", "t-one"),
+            ("greet.txt", "Hi Kiln"),
+        ]),
+    );
+    let got = s.download(&first_sha, &expected).await;
+    assert_eq!(got, expected[&first_sha]);
+
+    // An unrelated ConfigMap changes: no reconcile of the Job at all, so no archive rebuild
+    // and no status write.
+    let reconciles = s.settled_job_reconciles().await;
+    let version = s.w.jobs.get("site").await.expect("job").resource_version();
+    s.cms
+        .patch(
+            "unrelated",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"x": "2"}})),
+        )
+        .await
+        .expect("patch unrelated");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        job_reconciles(&s.w.op).await,
+        reconciles,
+        "an unrelated ConfigMap woke the Job"
+    );
+    assert_eq!(
+        s.w.jobs.get("site").await.expect("job").resource_version(),
+        version
+    );
+
+    // The ConfigMap changes: both files made from it, and the archive, follow within seconds.
+    // Meanwhile a client downloads without pause; every answer is checked below.
+    let watcher = DownloadWatcher::start(&s);
+    let started = std::time::Instant::now();
+    s.cms
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"app.cfg": "level = 2\n", "tpl": "Hello {{ who }}"}})),
+        )
+        .await
+        .expect("patch app");
+    let second = s.complete_with_another_archive(&first_sha, LIVE).await;
+    let second_sha = second
+        .status
+        .as_ref()
+        .and_then(|st| st.archive.clone())
+        .expect("archive")
+        .sha256;
+    assert!(started.elapsed() < LIVE);
+    assert_eq!(s.file("conf/app.cfg").await, b"level = 2\n");
+    assert_eq!(s.file("greet.txt").await, b"Hello Kiln");
+    expected.insert(
+        second_sha.clone(),
+        files(&[
+            ("README.md", "# Site\n"),
+            ("conf/app.cfg", "level = 2\n"),
+            ("conf/token", "t-one"),
+            ("greet.txt", "Hello Kiln"),
+        ]),
+    );
+    let got = s.download(&second_sha, &expected).await;
+    assert_eq!(
+        got, expected[&second_sha],
+        "the archive holds the files on disk"
+    );
+    let seen = watcher.stop().await;
+    let served: Vec<&String> = seen.iter().filter_map(|(etag, _)| etag.as_ref()).collect();
+    assert!(
+        served.contains(&&first_sha) && served.contains(&&second_sha),
+        "{served:?}"
+    );
+    for (etag, files) in &seen {
+        match etag {
+            // Each archive served holds exactly the files of its sha256, never a mix.
+            Some(etag) => assert_eq!(Some(files), expected.get(etag), "archive {etag}"),
+            None => assert!(files.is_empty()),
+        }
+    }
+    assert_eq!(
+        second.status.as_ref().and_then(|st| st.phase),
+        Some(JobPhase::Complete)
+    );
+
+    // The Secret changes: the same, and the Event names the Secret, never its value.
+    let started = std::time::Instant::now();
+    s.secrets
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"token": "t-two"}})),
+        )
+        .await
+        .expect("patch db");
+    let third = s.complete_with_another_archive(&second_sha, LIVE).await;
+    let third_sha = third
+        .status
+        .as_ref()
+        .and_then(|st| st.archive.clone())
+        .expect("archive")
+        .sha256;
+    assert!(started.elapsed() < LIVE);
+    assert_eq!(s.file("conf/token").await, b"t-two");
+    expected.insert(
+        third_sha.clone(),
+        files(&[
+            ("README.md", "# Site\n"),
+            ("conf/app.cfg", "level = 2\n"),
+            ("conf/token", "t-two"),
+            ("greet.txt", "Hello Kiln"),
+        ]),
+    );
+    let got = s.download(&third_sha, &expected).await;
+    assert_eq!(got, expected[&third_sha]);
+
+    // One Event per source (the related object), each naming its source and the files.
+    let expected = [
+        (
+            "ConfigMap/app",
+            "archive rebuilt because ConfigMap \"app\" changed (conf/app.cfg, greet.txt)",
+        ),
+        (
+            "Secret/db",
+            "archive rebuilt because Secret \"db\" changed (conf/token)",
+        ),
+    ]
+    .map(|(related, note)| (related.to_string(), note.to_string()));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let notes = s.rebuilt_events().await;
+        if notes == expected {
+            break;
+        }
+        if notes.len() > expected.len() || std::time::Instant::now() > deadline {
+            let log = s.w.op.logs();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("archive")).collect();
+            panic!("ArchiveRebuilt Events {notes:#?}, expected {expected:#?}; the log: {lines:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_source_is_reported_at_once_and_the_files_are_kept() {
+    let s = Sourced::new("files-gone").await;
+    let first = s.complete_with_another_archive("", WAIT).await;
+    let first_sha = first
+        .status
+        .as_ref()
+        .and_then(|st| st.archive.clone())
+        .expect("archive")
+        .sha256;
+
+    let started = std::time::Instant::now();
+    s.cms
+        .delete("app", &Default::default())
+        .await
+        .expect("delete app");
+    let j = eventually(LIVE, "SourceNotFound", || async {
+        let j = s.w.jobs.get("site").await.ok()?;
+        let st = j.status.as_ref()?;
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.reason == "SourceNotFound").then_some(j)
+    })
+    .await;
+    assert!(started.elapsed() < LIVE);
+    let st = j.status.expect("status");
+    assert_eq!(st.phase, Some(JobPhase::Generating));
+    assert!(
+        st.archive.is_none(),
+        "the archive no longer matches the Job's spec"
+    );
+    assert!(st.message.unwrap_or_default().contains("\"app\""));
+    // The files already made are kept as they were; the archive is gone until the source is
+    // back.
+    assert_eq!(s.file("conf/app.cfg").await, b"level = 1\n");
+    let error = eventually(WAIT, "the download refused", || async {
+        let r = s.w.get(Some(&s.token), &s.w.url("site", "download")).await;
+        (r.status == 409).then(|| assert_error(&r, 409, "conflict"))
+    })
+    .await;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no archive"),
+        "{error}"
+    );
+
+    // The source comes back with other content: the job completes again with it.
+    let cm = json!({"metadata": {"name": "app"}, "data": {"app.cfg": "level = 3\n", "tpl": "Hi {{ who }}"}});
+    s.cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(cm).expect("cm"),
+        )
+        .await
+        .expect("re-create app");
+    let again = s.complete_with_another_archive(&first_sha, LIVE).await;
+    let sha = again
+        .status
+        .and_then(|st| st.archive)
+        .expect("archive")
+        .sha256;
+    let mut expected = BTreeMap::new();
+    expected.insert(
+        sha.clone(),
+        files(&[
+            ("README.md", "# Site\n"),
+            ("conf/app.cfg", "level = 3\n"),
+            ("conf/token", "t-one"),
+            ("greet.txt", "Hi Kiln"),
+        ]),
+    );
+    assert_eq!(s.download(&sha, &expected).await, expected[&sha]);
 }

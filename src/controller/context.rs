@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -102,10 +103,48 @@ impl Context {
             .await;
     }
 
+    /// [`Context::event`] naming a second object it concerns (`related`). The recorder folds
+    /// repeats of an Event into a series by object, reason and related object, not by note:
+    /// Events about different related objects stay apart.
+    pub async fn event_related<K>(
+        &self,
+        obj: &K,
+        related: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: impl Into<String>,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        self.publish(
+            obj.object_ref(&()),
+            Some(related),
+            type_,
+            reason,
+            action,
+            note,
+        )
+        .await;
+    }
+
     /// [`Context::event`] about an object known by its reference.
     pub async fn event_for(
         &self,
-        reference: k8s_openapi::api::core::v1::ObjectReference,
+        reference: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: impl Into<String>,
+    ) {
+        self.publish(reference, None, type_, reason, action, note)
+            .await;
+    }
+
+    async fn publish(
+        &self,
+        reference: ObjectReference,
+        secondary: Option<ObjectReference>,
         type_: EventType,
         reason: &str,
         action: &str,
@@ -116,7 +155,7 @@ impl Context {
             reason: reason.into(),
             note: Some(truncate(note.into(), 1024)),
             action: action.into(),
-            secondary: None,
+            secondary,
         };
         let recorder = self.recorder.clone();
         let Ok(permit) = self.events_in_flight.clone().acquire_owned().await else {

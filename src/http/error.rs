@@ -2,9 +2,10 @@
 //!
 //! The codes are an API (docs/http-api.md, "Errors"): `validation_error` (400), `unauthorized` (401),
 //! `forbidden` (403), `not_found` (404), `conflict` (409), `payload_too_large` (413),
-//! `unavailable` (503: the object store behind the workspace did not answer; nothing was
-//! stored; retry), `internal_error` (500). Internal errors are logged with their detail and answered with a
-//! generic message, because their detail names paths and objects on the server.
+//! `unavailable` (503: the object store behind the workspace did not answer, nothing was
+//! stored; or a complete job's archive is being rebuilt; retry), `internal_error` (500).
+//! Internal errors are logged with their detail and answered with a generic message, because
+//! their detail names paths and objects on the server.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -21,6 +22,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Value,
+    /// `Retry-After` of a 503, in seconds.
+    pub retry_after: u32,
 }
 
 impl ApiError {
@@ -30,6 +33,8 @@ impl ApiError {
             code,
             message: message.into(),
             details: Value::Object(Default::default()),
+            // The object store's retries already took a few seconds; a client may try again.
+            retry_after: 5,
         }
     }
 
@@ -61,6 +66,14 @@ impl ApiError {
 
     pub fn payload_too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// 503, to be retried after `retry_after` seconds.
+    pub fn unavailable(message: impl Into<String>, retry_after: u32) -> Self {
+        Self {
+            retry_after,
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
     }
 
     /// Logs `detail` (which may name server paths or API objects) and returns a generic 500.
@@ -102,10 +115,9 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            // The object store's retries already took a few seconds; a client may try again.
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(self.retry_after));
         }
         response
     }
@@ -132,6 +144,25 @@ mod tests {
         .into();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(e.code, "payload_too_large");
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry() {
+        let r = ApiError::unavailable("rebuilding", 1).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let e: ApiError = Error::ObjectStore {
+            job: crate::workspace::JobKey::new("ns", "u").unwrap(),
+            source: crate::objstore::StoreError {
+                op: "put",
+                key: "k".into(),
+                source: Box::new(std::io::Error::other("down")),
+            },
+        }
+        .into();
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
     }
 
     #[test]

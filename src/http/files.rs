@@ -41,7 +41,7 @@ use super::listing::ListQuery;
 use crate::api::KilnJob;
 use crate::api::job::JobPhase;
 use crate::nudge::{Nudge, Throttled};
-use crate::workspace::{self, FileInfo, JobPath, Sensitivity, Workspace, WriteOutcome};
+use crate::workspace::{self, FileInfo, Freshness, JobPath, Sensitivity, Workspace, WriteOutcome};
 
 /// How long a request for a Job that Kiln has not set up yet waits for its workspace.
 const WORKSPACE_WAIT: Duration = Duration::from_secs(5);
@@ -555,6 +555,26 @@ pub async fn download(
     };
     let etag = HeaderValue::from_str(&format!("\"{}\"", archive.sha256))
         .map_err(|e| ApiError::internal("the Job's archive sha256 is not a valid ETag", &e))?;
+    let missing = {
+        let job = job.clone();
+        move |e: workspace::Error| match e {
+            workspace::Error::ArchiveNotFound { .. } | workspace::Error::JobNotFound { .. } => {
+                ApiError::not_found(format!(
+                    "the archive of job {job} is not in the workspace (lost with the operator's \
+                     pod? Kiln rebuilds it when it next reconciles the job)"
+                ))
+                .with_details(json!({"reason": e.reason()}))
+            }
+            e => e.into(),
+        }
+    };
+    // Before answering 304 too: a client holding the archive the status still names must not
+    // be told it is current while its files are being replaced.
+    let freshness = api
+        .workspace
+        .archive_freshness(&target.key)
+        .map_err(missing.clone())?;
+    serves(&freshness, &archive.sha256, &job)?;
     if etag_matches(&headers, &archive.sha256) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
@@ -564,19 +584,10 @@ pub async fn download(
         return Ok(found);
     }
     let (ws, key) = (api.workspace.clone(), target.key.clone());
-    let open = blocking(move || {
-        ws.open_archive(&key).map_err(|e| match e {
-            workspace::Error::ArchiveNotFound { .. } | workspace::Error::JobNotFound { .. } => {
-                ApiError::not_found(format!(
-                    "the archive of job {job} is not in the workspace (lost with the operator's \
-                     pod? Kiln rebuilds it when it next reconciles the job)"
-                ))
-                .with_details(json!({"reason": e.reason()}))
-            }
-            e => e.into(),
-        })
-    })
-    .await?;
+    let open = blocking(move || ws.open_archive(&key).map_err(missing)).await?;
+    // Again for the file actually opened: a rebuild may have renamed a new one into place
+    // since the first look.
+    serves(&open.freshness, &archive.sha256, &job)?;
     let disposition = HeaderValue::from_str(&attachment(&target.job.spec.project_name))
         .map_err(|e| ApiError::internal("building Content-Disposition failed", &e))?;
     Ok(stream_file(
@@ -595,6 +606,23 @@ pub async fn download(
             ),
         ],
     ))
+}
+
+/// `Ok` when the archive in the workspace may be served under the sha256 the Job's status
+/// records; else `503` with a short `Retry-After`. A complete job's archive is rebuilt when its
+/// declared files' sources change: the files are written first, then the archive, then the
+/// status, and until the status (as this API's cache sees it) names the new archive, neither
+/// the old one (no longer the files) nor the new one (not the `ETag` the status promises) is
+/// served.
+fn serves(freshness: &Freshness, recorded: &str, job: &str) -> Result<(), ApiError> {
+    if freshness.matches(recorded) {
+        return Ok(());
+    }
+    Err(ApiError::unavailable(
+        format!("the archive of job {job} is being rebuilt (its files changed); retry in a moment"),
+        1,
+    )
+    .with_details(json!({"reason": "archive_rebuilding"})))
 }
 
 /// `GET /api/v1/stats`: the workspace's usage and limits.

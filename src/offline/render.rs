@@ -126,7 +126,8 @@ pub async fn run(
     let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
     let key = JobKey::new(namespace, "offline").context("naming the scratch job")?;
     ws.ensure_job(&key).context("creating the scratch job")?;
-    problems.extend(declared::store(&ws, &key, wanted).context("storing the files")?);
+    let stored = declared::store(&ws, &key, wanted).context("storing the files")?;
+    problems.extend(stored.problems);
 
     let mut summary = Summary {
         problems: problems.len(),

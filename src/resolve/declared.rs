@@ -208,6 +208,16 @@ pub async fn wanted<O: Objects>(
     Ok((wanted, problems))
 }
 
+/// What [`store`] did to the workspace.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// Files the workspace refused (a bad path, a limit).
+    pub problems: Vec<Problem>,
+    /// Paths whose bytes changed (created or replaced), in write order: what a complete job's
+    /// archive no longer holds.
+    pub written: Vec<String>,
+}
+
 /// Writes `wanted` into the job's workspace (blocking I/O), each file only when its bytes
 /// differ from what is there, under the workspace's path rules and limits. A file the
 /// workspace refuses (a bad path, a limit) is a problem of the job, not an error of the call.
@@ -215,8 +225,9 @@ pub fn store(
     ws: &Workspace,
     key: &JobKey,
     wanted: Vec<(String, Resolved)>,
-) -> crate::workspace::Result<Vec<Problem>> {
-    let mut problems = Vec::new();
+) -> crate::workspace::Result<Stored> {
+    let mut stored = Stored::default();
+    let problems = &mut stored.problems;
     for (path, Resolved { bytes, secrets }) in wanted {
         // The CRD already refuses bad paths; this is the workspace's own, final check.
         let path = match JobPath::parse(&path) {
@@ -234,24 +245,52 @@ pub fn store(
         }
         // Declared files are desired state, rebuilt from the Job: never sent to the object
         // store (see `Workspace::write_declared`).
-        if let Err(e) = ws.write_declared(key, &path, &bytes) {
-            problems.push(Problem::TemplateError(format!("{path}: {e}")));
+        match ws.write_declared(key, &path, &bytes) {
+            Ok(_) => stored.written.push(path.as_str().to_owned()),
+            Err(e) => problems.push(Problem::TemplateError(format!("{path}: {e}"))),
         }
     }
-    Ok(problems)
+    Ok(stored)
+}
+
+/// The kind of object a declared file can read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SourceKind {
+    ConfigMap,
+    Secret,
+}
+
+impl SourceKind {
+    /// The kind's name, as people write it (`ConfigMap`, `Secret`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::ConfigMap => "ConfigMap",
+            SourceKind::Secret => "Secret",
+        }
+    }
+}
+
+/// The ConfigMaps and Secrets `file` reads (its `contentFrom` and its template's
+/// `sourceFrom`), by kind and name, in the namespace of its Job.
+pub fn sources(file: &DeclaredFile) -> impl Iterator<Item = (SourceKind, &str)> {
+    let refs = [
+        file.content_from.as_ref(),
+        file.template.as_ref().and_then(|t| t.source_from.as_ref()),
+    ];
+    refs.into_iter().flatten().flat_map(|s| {
+        let config_maps = s.config_map_key_ref.iter();
+        let secrets = s.secret_key_ref.iter();
+        config_maps
+            .map(|r| (SourceKind::ConfigMap, r.name.as_str()))
+            .chain(secrets.map(|r| (SourceKind::Secret, r.name.as_str())))
+    })
 }
 
 /// The Secrets `file` reads (its `contentFrom` or its template's `sourceFrom`), sorted.
 pub fn secret_sources(file: &DeclaredFile) -> Vec<String> {
-    let sources = [
-        file.content_from.as_ref(),
-        file.template.as_ref().and_then(|t| t.source_from.as_ref()),
-    ];
-    let mut names: Vec<String> = sources
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.secret_key_ref.as_ref())
-        .map(|r| r.name.clone())
+    let mut names: Vec<String> = sources(file)
+        .filter(|(kind, _)| *kind == SourceKind::Secret)
+        .map(|(_, name)| name.to_owned())
         .collect();
     names.sort();
     names.dedup();
@@ -330,6 +369,31 @@ mod tests {
             ..file()
         };
         assert_eq!(secret_sources(&template_from_secret), ["tpl"]);
+    }
+
+    #[test]
+    fn sources_are_every_object_a_file_reads() {
+        assert_eq!(sources(&file()).count(), 0);
+        let both = DeclaredFile {
+            content_from: Some(ContentSource {
+                config_map_key_ref: key("cm"),
+                secret_key_ref: None,
+            }),
+            template: Some(TemplateSource {
+                source: None,
+                source_from: Some(ContentSource {
+                    config_map_key_ref: None,
+                    secret_key_ref: key("tpl"),
+                }),
+                context: None,
+            }),
+            ..file()
+        };
+        let found: Vec<_> = sources(&both).collect();
+        assert_eq!(
+            found,
+            [(SourceKind::ConfigMap, "cm"), (SourceKind::Secret, "tpl")]
+        );
     }
 
     #[test]

@@ -33,7 +33,9 @@ use zip::{CompressionMethod, DateTime, System, ZipArchive, ZipWriter};
 use super::error::{Error, Result, io_err};
 use super::fsutil::{self, TempFile};
 use super::key::JobKey;
-use super::store::{ARCHIVE_FILE, FileInfo, Workspace, job_components, walk};
+use super::store::{
+    ARCHIVE_FILE, ArchiveRecord, FileInfo, JobState, Workspace, job_components, walk,
+};
 
 /// Files this large get ZIP64 headers. Below 4 GiB with room to spare, because deflate can
 /// make incompressible data slightly larger and the choice has to be made before compressing.
@@ -70,6 +72,50 @@ pub struct OpenArchive {
     pub file: File,
     /// Its size in bytes (for `Content-Length`).
     pub size_bytes: u64,
+    /// Whether the opened archive holds the job's files, as it was when opened.
+    pub freshness: Freshness,
+}
+
+/// Whether a job's archive holds the job's files as they are now.
+///
+/// The files of a complete job can still change (Kiln rewrites a declared file whose
+/// ConfigMap or Secret changed), and the archive is rebuilt after them: in between, the old
+/// archive must not be served as if it were current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// Built by this process, and no file was written or deleted since the build started;
+    /// what the build made.
+    Current(ArchiveInfo),
+    /// Found on disk when the job was registered (at start-up, or restored from the object
+    /// store), newer than every file: built from these files by an earlier process, whose
+    /// sha256 the Job's status recorded then.
+    Found,
+    /// No archive, or files were written or deleted since it was built.
+    Stale,
+}
+
+impl Freshness {
+    /// Whether an archive in this state may be served under the sha256 `recorded` (the one
+    /// in the Job's status).
+    pub fn matches(&self, recorded: &str) -> bool {
+        match self {
+            Freshness::Current(built) => built.sha256 == recorded,
+            Freshness::Found => true,
+            Freshness::Stale => false,
+        }
+    }
+}
+
+impl JobState {
+    pub(crate) fn freshness(&self) -> Freshness {
+        match &self.archive {
+            Some(r) if r.files_version == self.files_version => match &r.built {
+                Some(built) => Freshness::Current(built.clone()),
+                None => Freshness::Found,
+            },
+            _ => Freshness::Stale,
+        }
+    }
 }
 
 impl Workspace {
@@ -81,16 +127,24 @@ impl Workspace {
     /// [`Error::ArchiveSourceChanged`]; a file replaced meanwhile goes in as one whole version
     /// (files are only ever replaced by rename). Writes are not blocked during a build: the
     /// controller builds once the job is marked complete, and rebuilding (or deleting the
-    /// archive with [`Workspace::remove_archive`]) when files change afterwards is up to it.
+    /// archive with [`Workspace::remove_archive`]) when files change afterwards is up to it;
+    /// [`Workspace::archive_freshness`] tells it (and the download) whether they did. A write
+    /// that lands during the build leaves the new archive [`Freshness::Stale`].
     /// Two builds of the same job should not run at once (the last rename wins); the
     /// controller never reconciles one object twice concurrently.
     ///
     /// The archive's size is reported in the usage but not counted by the limits.
     pub fn build_archive(&self, job: &JobKey) -> Result<ArchiveInfo> {
-        let generation = self
-            .lock()
-            .generation(job)
-            .ok_or_else(|| Error::JobNotFound { job: job.clone() })?;
+        // Taken before the files are listed: a write committed after this point, even one
+        // the listing sees, makes the archive stale, never the other way round.
+        let (generation, files_version) = {
+            let st = self.lock();
+            let j = st
+                .jobs
+                .get(job)
+                .ok_or_else(|| Error::JobNotFound { job: job.clone() })?;
+            (j.generation, j.files_version)
+        };
         let files = self.list(job)?;
         let job_dir = walk(self.root(), &job_components(job)[..3], None)
             .map_err(|s| self.job_stop(job, s))?;
@@ -109,29 +163,52 @@ impl Workspace {
         let location = self.store_archive(job, &mut temp.file, size_bytes)?;
 
         let target = job_dir.join(ARCHIVE_FILE);
+        let info = ArchiveInfo {
+            path: target.clone(),
+            size_bytes,
+            sha256,
+            location,
+        };
         {
             let mut st = self.lock();
             let current = st.jobs.get_mut(job).filter(|j| j.generation == generation);
             let Some(j) = current else {
                 return Err(Error::JobRemoved { job: job.clone() });
             };
-            // `rename` replaces whatever is at the target without following it.
+            // `rename` replaces whatever is at the target without following it. Under the
+            // lock, with the record: a download opening the archive sees the two agree.
             temp.persist(&target)
                 .map_err(io_err("rename into", &target))?;
+            j.archive = Some(ArchiveRecord {
+                files_version,
+                built: Some(info.clone()),
+            });
             let previous = std::mem::replace(&mut j.archive_bytes, size_bytes);
             st.archive_bytes = st.archive_bytes.saturating_sub(previous) + size_bytes;
         }
         fsutil::sync_dir(&job_dir).map_err(io_err("sync", &job_dir))?;
-        Ok(ArchiveInfo {
-            path: target,
-            size_bytes,
-            sha256,
-            location,
-        })
+        Ok(info)
     }
 
-    /// Opens the job's archive for download. Never follows a symlink.
+    /// Whether the job's archive holds its files as they are now (see [`Freshness`]).
+    pub fn archive_freshness(&self, job: &JobKey) -> Result<Freshness> {
+        self.lock()
+            .jobs
+            .get(job)
+            .map(JobState::freshness)
+            .ok_or_else(|| Error::JobNotFound { job: job.clone() })
+    }
+
+    /// Opens the job's archive for download, with its [`Freshness`] at that moment (taken
+    /// under the lock that a build renames the archive under, so the two describe the same
+    /// file). Never follows a symlink.
     pub fn open_archive(&self, job: &JobKey) -> Result<OpenArchive> {
+        let st = self.lock();
+        let freshness = st
+            .jobs
+            .get(job)
+            .map(JobState::freshness)
+            .ok_or_else(|| Error::JobNotFound { job: job.clone() })?;
         let job_dir = walk(self.root(), &job_components(job)[..3], None)
             .map_err(|s| self.job_stop(job, s))?;
         let target = job_dir.join(ARCHIVE_FILE);
@@ -144,6 +221,7 @@ impl Workspace {
                 io_err("open", &target)(e)
             }
         })?;
+        drop(st);
         let meta = file.metadata().map_err(io_err("inspect", &target))?;
         if !meta.is_file() {
             return Err(Error::ArchiveNotFound { job: job.clone() });
@@ -151,6 +229,7 @@ impl Workspace {
         Ok(OpenArchive {
             file,
             size_bytes: meta.len(),
+            freshness,
         })
     }
 
@@ -159,6 +238,10 @@ impl Workspace {
     pub fn remove_archive(&self, job: &JobKey) -> Result<bool> {
         self.remove_stored_archive(job)?;
         let mut st = self.lock();
+        // Forgotten first: whatever happens below, what is left must not be served.
+        if let Some(j) = st.jobs.get_mut(job) {
+            j.archive = None;
+        }
         let job_dir = match walk(self.root(), &job_components(job)[..3], None) {
             Ok(dir) => dir,
             Err(stop) => {

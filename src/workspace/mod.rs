@@ -35,7 +35,9 @@
 //!   scanning once, at [`Workspace::open`]) under one mutex, so concurrent writers cannot
 //!   together exceed a limit. Archives are not counted; size the `emptyDir` for the workspace
 //!   budget plus the archives (about twice `max_workspace_bytes`).
-//! - Archives are deterministic ([`archive`]): same files, same sha256.
+//! - Archives are deterministic ([`archive`]): same files, same sha256. Each job counts the
+//!   writes and deletes to its files, and its archive records the count it was built from
+//!   ([`Freshness`]): an archive that no longer holds the files is never served as current.
 //!
 //! # Object store
 //!
@@ -68,7 +70,7 @@ mod remote;
 pub mod sensitive;
 pub mod store;
 
-pub use archive::{ArchiveInfo, OpenArchive};
+pub use archive::{ArchiveInfo, Freshness, OpenArchive};
 pub use error::{Error, ErrorKind, Result};
 pub use key::JobKey;
 pub use limits::Limits;

@@ -228,8 +228,8 @@ impl Workspace {
         }
         fs::rename(&staging, &job_dir).map_err(io_err("move the restored job to", &job_dir))?;
         fsutil::sync_dir(&ns_dir).map_err(io_err("sync", &ns_dir))?;
-        let usage = self.scan_job(job, &job_dir.join(FILES_DIR))?;
-        st.register(job, usage);
+        let scanned = self.scan_job(job, &job_dir.join(FILES_DIR))?;
+        st.register(job, scanned);
         drop(st);
         tracing::info!(
             job = %job,

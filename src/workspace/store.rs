@@ -124,15 +124,41 @@ pub(crate) struct JobState {
     pub(crate) archive_bytes: u64,
     reserved_bytes: u64,
     reserved_files: u64,
+    /// Counts the writes and deletes committed to the job's files, so that an archive can
+    /// say which version of the files it holds.
+    pub(crate) files_version: u64,
+    /// The archive on disk and the files it holds, if it holds the job's files at all.
+    pub(crate) archive: Option<ArchiveRecord>,
+}
+
+/// Which version of a job's files its archive was built from.
+#[derive(Debug, Clone)]
+pub(crate) struct ArchiveRecord {
+    /// The job's `files_version` when the build started.
+    pub(crate) files_version: u64,
+    /// What the build made; `None` for an archive found on disk, built by an earlier process.
+    pub(crate) built: Option<super::ArchiveInfo>,
+}
+
+/// What a scan of a job's directory found.
+pub(super) struct Scanned {
+    pub(super) usage: JobUsage,
+    /// Whether an archive is there that is newer than every file: built from these files.
+    pub(super) archive_holds_files: bool,
 }
 
 impl State {
-    pub(super) fn register(&mut self, job: &JobKey, usage: JobUsage) {
+    pub(super) fn register(&mut self, job: &JobKey, scanned: Scanned) {
+        let usage = scanned.usage;
         self.forget(job);
         self.next_generation += 1;
         self.files += usage.files;
         self.bytes += usage.bytes;
         self.archive_bytes += usage.archive_bytes;
+        let archive = scanned.archive_holds_files.then_some(ArchiveRecord {
+            files_version: 0,
+            built: None,
+        });
         self.jobs.insert(
             job.clone(),
             JobState {
@@ -142,6 +168,8 @@ impl State {
                 archive_bytes: usage.archive_bytes,
                 reserved_bytes: 0,
                 reserved_files: 0,
+                files_version: 0,
+                archive,
             },
         );
     }
@@ -318,8 +346,8 @@ impl Workspace {
             Ok(files_dir) => {
                 if st.generation(job).is_none() {
                     // A directory this process did not create or had not seen: count it.
-                    let usage = self.scan_job(job, &files_dir)?;
-                    st.register(job, usage);
+                    let scanned = self.scan_job(job, &files_dir)?;
+                    st.register(job, scanned);
                 }
                 Ok(false)
             }
@@ -330,7 +358,13 @@ impl Workspace {
                 // The accounting may still remember a directory that vanished underneath.
                 st.forget(job);
                 walk(&self.root, &components, Some(1)).map_err(|s| self.layout_error(s))?;
-                st.register(job, JobUsage::default());
+                st.register(
+                    job,
+                    Scanned {
+                        usage: JobUsage::default(),
+                        archive_holds_files: false,
+                    },
+                );
                 Ok(true)
             }
             Err(stop) => Err(self.job_stop(job, stop)),
@@ -555,6 +589,7 @@ impl Workspace {
             };
             fs::remove_file(&target).map_err(io_err("delete", &target))?;
             if let Some(j) = st.jobs.get_mut(job) {
+                j.files_version += 1;
                 j.files = j.files.saturating_sub(1);
                 j.bytes = j.bytes.saturating_sub(size);
             }
@@ -882,6 +917,7 @@ impl Workspace {
         }
         temp.persist(target)
             .map_err(io_err("rename into", target))?;
+        j.files_version += 1;
         j.bytes = job_would_be;
         j.files = files_would_be;
         st.bytes = ws_would_be;
@@ -997,8 +1033,8 @@ impl Workspace {
                 };
                 match walk(&self.root, &job_components(&key), None) {
                     Ok(files_dir) => {
-                        let usage = self.scan_job(&key, &files_dir)?;
-                        st.register(&key, usage);
+                        let scanned = self.scan_job(&key, &files_dir)?;
+                        st.register(&key, scanned);
                     }
                     Err(stop) => {
                         tracing::warn!(job = %key, error = %self.layout_error(stop), "ignoring a damaged job directory");
@@ -1011,12 +1047,23 @@ impl Workspace {
 
     /// Counts a job's files and archive, deleting temporary files left by a crash. Only called
     /// when no write to the job can be in flight (at startup, or before it is registered).
-    pub(super) fn scan_job(&self, job: &JobKey, files_dir: &Path) -> Result<JobUsage> {
+    ///
+    /// An archive newer than every file was built from these files (a build lists the files
+    /// first and writes the archive last; every write renames a new file into place, with a
+    /// new modification time). One that is not may miss a change made just before a crash,
+    /// and is reported as not holding the files, so that it is rebuilt rather than served.
+    /// File times come from a coarse clock, so an archive built within a few milliseconds of
+    /// its last file looks no newer and is rebuilt too: the same bytes, at the cost of a
+    /// build that was quick the first time.
+    pub(super) fn scan_job(&self, job: &JobKey, files_dir: &Path) -> Result<Scanned> {
         let mut usage = JobUsage::default();
+        let mut newest_file = None;
         walk_tree(files_dir, true, |info| {
             usage.files += 1;
             usage.bytes += info.size_bytes;
+            newest_file = newest_file.max(Some(info.modified));
         })?;
+        let mut archive_holds_files = false;
         let job_dir = self.job_dir(job);
         for entry in fs::read_dir(&job_dir).map_err(io_err("list", &job_dir))? {
             let entry = entry.map_err(io_err("list", &job_dir))?;
@@ -1029,9 +1076,13 @@ impl Workspace {
                 && m.is_file()
             {
                 usage.archive_bytes = m.len();
+                archive_holds_files = m.modified().is_ok_and(|built| newest_file < Some(built));
             }
         }
-        Ok(usage)
+        Ok(Scanned {
+            usage,
+            archive_holds_files,
+        })
     }
 }
 

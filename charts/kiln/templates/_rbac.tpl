@@ -18,12 +18,13 @@ rules go into a ClusterRole (all namespaces) or a Role per watched namespace.
   resources: [jobs/finalizers, providerconfigs/finalizers]
   verbs: [update]
 # Published ConfigMaps and their revisions, ProviderConfig ConfigMaps; a Draft's schemaRef
-# and a Job's contentFrom read ConfigMaps too.
+# and a Job's contentFrom read ConfigMaps too (listed and watched as metadata only, to follow
+# them live).
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, watch, create, patch, update, delete]
-# Derived credentials (`<name>-credentials`, `default-<type>-credentials`) and the Secrets
-# their keys are read from.
+# Derived credentials (`<name>-credentials`, `default-<type>-credentials`), the Secrets
+# their keys are read from, and a Job's Secret sources (listed and watched as metadata only).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, patch, update, delete]

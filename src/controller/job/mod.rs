@@ -2,17 +2,24 @@
 //! status → expiry, with a finalizer that removes the job's files when it is deleted.
 //!
 //! Besides its own watch, it reconciles on nudges from the HTTP file API, so that a write
-//! shows in `status` at once without Kiln writing anything to the API server for it.
+//! shows in `status` at once without Kiln writing anything to the API server for it, and on
+//! changes to the ConfigMaps and Secrets its declared files read ([`triggers`]), so that the
+//! files, and a complete job's archive ([`archive`]), follow their sources within seconds.
 
+mod archive;
 mod status;
 mod stored;
+mod triggers;
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -23,13 +30,13 @@ use super::{
     store_ready,
 };
 use crate::api::Expiration;
-use crate::api::job::{ArchiveStatus, JobPhase, KilnJob, KilnJobStatus};
+use crate::api::job::{JobPhase, KilnJob, KilnJobStatus};
 use crate::apply;
-use crate::desired::job::{download_path, missing_files, planned_paths};
+use crate::desired::job::{missing_files, planned_paths};
 use crate::error::{Error, Result};
 use crate::expiry::ExpiryState;
 use crate::resolve::Cluster;
-use crate::resolve::declared::{self, Problem, Sources};
+use crate::resolve::declared::{self, Problem, SourceKind, Sources, Stored};
 use crate::workspace::{JobKey, JobPath, Workspace};
 use status::Observed;
 
@@ -50,6 +57,21 @@ pub fn start(
         .reconcile_on(ctx.job_nudge.subscribe());
     let store = controller.store();
     let probe = store_ready(store.clone());
+    // Every ConfigMap and Secret of the scope, as metadata only (on the wire and in memory:
+    // a Secret's data never reaches Kiln through these watches) and without a cache of their
+    // own: each event is mapped to the Jobs that read the object, and dropped.
+    let (cm_jobs, secret_jobs) = (store.clone(), store.clone());
+    let controller = controller
+        .watches(
+            scope.api::<PartialObjectMeta<ConfigMap>>(&ctx.client),
+            watcher::Config::default().page_size(500),
+            move |cm| triggers::jobs_for_source(&cm_jobs, SourceKind::ConfigMap, &cm),
+        )
+        .watches(
+            scope.api::<PartialObjectMeta<Secret>>(&ctx.client),
+            watcher::Config::default().page_size(500),
+            move |secret| triggers::jobs_for_source(&secret_jobs, SourceKind::Secret, &secret),
+        );
     ctx.metrics.register_phase_source(
         KIND,
         &["Generating", "Complete", "Failed", "Expired", "Unknown"],
@@ -170,7 +192,7 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
         require_opt_in: ctx.settings.secret_sources_require_opt_in,
         withhold_secret_details: true,
     };
-    let problems = write_declared(ctx, job, &key, &sources).await?;
+    let Stored { problems, written } = write_declared(ctx, job, &key, &sources).await?;
     let sensitive = {
         let key = key.clone();
         blocking(&ctx.workspace, move |ws| ws.sensitive(&key)).await?
@@ -201,14 +223,15 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
         && problems.is_empty()
         && lost_uploads.is_none()
         && seen_missing.is_empty();
-    let archive = if ready_to_archive {
-        Some(archive(ctx, job, &current, &key, created).await?)
+    let (archive, archive_built) = if ready_to_archive {
+        let ensured = archive::ensure(ctx, job, &current, &key, created).await?;
+        (Some(ensured.archive), ensured.built)
     } else {
         if current.archive.is_some() {
             let key = key.clone();
             blocking(&ctx.workspace, move |ws| ws.remove_archive(&key)).await?;
         }
-        None
+        (None, false)
     };
 
     let seen = Observed {
@@ -224,6 +247,14 @@ async fn apply(job: &KilnJob, ctx: &Arc<Context>, jobs: &Api<KilnJob>) -> Result
     let store = stored::observe(&ctx.workspace, &key).await;
     stored::apply(&mut desired, &store, job.metadata.generation, now);
     announce(ctx, job, &current, &desired).await;
+    let changes = archive::Changes {
+        archive_built,
+        workspace_recreated: created,
+        written: &written,
+    };
+    if let Some(rebuilt) = archive::rebuilt(job, &current, &desired, &changes) {
+        announce_rebuilt(ctx, job, &ns, rebuilt).await;
+    }
     write_status(jobs, job, desired).await?;
 
     let mut resync = ctx.settings.resync;
@@ -246,13 +277,13 @@ async fn write_declared(
     job: &KilnJob,
     key: &JobKey,
     sources: &Sources<Cluster>,
-) -> Result<Vec<Problem>> {
+) -> Result<Stored> {
     let (wanted, mut problems) = declared::wanted(&job.spec, sources).await?;
     let key = key.clone();
-    let write_problems =
-        blocking(&ctx.workspace, move |ws| declared::store(ws, &key, wanted)).await?;
-    problems.extend(write_problems);
-    Ok(problems)
+    let mut stored = blocking(&ctx.workspace, move |ws| declared::store(ws, &key, wanted)).await?;
+    problems.append(&mut stored.problems);
+    stored.problems = problems;
+    Ok(stored)
 }
 
 /// Uploaded files that vanished with the pod's workspace. Declared files and `plan.json`
@@ -278,38 +309,6 @@ fn lost_uploads(job: &KilnJob, current: &KilnJobStatus, created: bool) -> Option
         }
         _ => None,
     }
-}
-
-/// Builds the archive unless an up-to-date one is on disk. While a job is complete, the file
-/// API refuses writes, so the files only change with the spec (a new generation) or with the
-/// workspace itself (recreated).
-async fn archive(
-    ctx: &Context,
-    job: &KilnJob,
-    current: &KilnJobStatus,
-    key: &JobKey,
-    created: bool,
-) -> Result<ArchiveStatus> {
-    let on_disk = ctx.workspace.archive_path(key).is_file();
-    if let Some(existing) = &current.archive
-        && on_disk
-        && !created
-        && current.observed_generation == job.metadata.generation
-        && current.phase == Some(JobPhase::Complete)
-    {
-        return Ok(existing.clone());
-    }
-    let start = std::time::Instant::now();
-    let key = key.clone();
-    let info = blocking(&ctx.workspace, move |ws| ws.build_archive(&key)).await?;
-    ctx.metrics
-        .archive_built(start.elapsed().as_secs_f64(), info.size_bytes);
-    Ok(ArchiveStatus {
-        size_bytes: info.size_bytes as i64,
-        sha256: info.sha256,
-        download_path: download_path(&job.namespace().unwrap_or_default(), &job.name_any()),
-        location: info.location,
-    })
 }
 
 async fn write_status(jobs: &Api<KilnJob>, job: &KilnJob, desired: KilnJobStatus) -> Result<()> {
@@ -434,6 +433,27 @@ async fn announce(ctx: &Context, job: &KilnJob, old: &KilnJobStatus, new: &KilnJ
             ),
         )
         .await;
+    }
+}
+
+/// The `ArchiveRebuilt` Event, about the ConfigMap or Secret whose change caused it.
+async fn announce_rebuilt(ctx: &Context, job: &KilnJob, ns: &str, rebuilt: archive::Rebuilt) {
+    info!(note = %rebuilt.note, "archive rebuilt");
+    ctx.metrics.transition(KIND, "ArchiveRebuilt");
+    let (type_, reason, action) = (EventType::Normal, "ArchiveRebuilt", "Archive");
+    match rebuilt.source {
+        Some((kind, name)) => {
+            let related = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some(kind.as_str().into()),
+                name: Some(name),
+                namespace: Some(ns.into()),
+                ..ObjectReference::default()
+            };
+            ctx.event_related(job, related, type_, reason, action, rebuilt.note)
+                .await
+        }
+        None => ctx.event(job, type_, reason, action, rebuilt.note).await,
     }
 }
 
