@@ -1,5 +1,6 @@
 //! The ProviderConfig controller on a real control plane: derived objects and their owner,
-//! garbage collection, one default per type and its aliases, rotation, broken references,
+//! garbage collection, deletions of configs that workloads use (reported, or held until
+//! unused), one default per type and its aliases, rotation, broken references,
 //! debounced rollouts of followers, secrecy of key values in logs, and memory next to many
 //! unrelated Secrets. Each test has its own namespace and its own operator.
 

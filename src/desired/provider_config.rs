@@ -323,11 +323,10 @@ impl Target<'_> {
         // An alias may have lost its controller: when the default is deleted, the garbage
         // collector strips the dangling reference and keeps the other claimants' (not
         // controllers), and it may do so before the next default takes the alias over.
-        let owned_by_a_config = existing
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| is_provider_config(o) && (o.controller == Some(true) || self.role.is_alias()));
+        let owned_by_a_config =
+            existing.owner_references.iter().flatten().any(|o| {
+                is_provider_config(o) && (o.controller == Some(true) || self.role.is_alias())
+            });
         managed_by_kiln(existing.labels.as_ref())
             && owned_by_a_config
             && labels.get(PROVIDER_ROLE).map(String::as_str) == Some(self.role.label())
