@@ -15,7 +15,8 @@ use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, TestOpera
 use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
 use kube::ResourceExt;
 
-use super::provider_config::{FOLLOW, Role, followed};
+use super::follow::{FOLLOW, targets};
+use super::provider_config::Role;
 use crate::api::provider_config::{DeletionPolicy, ProviderConfig};
 
 /// Holds a ProviderConfig's deletion until Kiln has reported its users (and, with
@@ -174,7 +175,7 @@ fn uses(p: &Protected, w: &Workload<'_>) -> Option<String> {
         refs.find_map(|r| p.named(r))
     });
     in_pod.or_else(|| {
-        followed(w.annotations)
+        targets(w.annotations, FOLLOW)
             .contains(&p.config.as_str())
             .then(|| FOLLOW.to_string())
     })

@@ -7,9 +7,11 @@
 //! once, or fails, and the object is retried with backoff as an error. Holding a deletion for
 //! hours while workloads still run is neither: here it is a requeue.
 //!
-//! Workloads are listed only while a config is being deleted, never watched: Kiln keeps no
-//! cache of the namespace's Deployments. A held deletion is looked at again every
-//! [`HOLD_RECHECK`].
+//! Workloads are listed only while a config is being deleted. The followers index
+//! (`controller::followers`) keeps only their `kiln.dev/*` annotations, not pod templates or
+//! replica counts, and keeping those for every workload of the scope would cost memory for a
+//! rare event. The index still wakes a held config at once when a follower stops following
+//! or goes away; any other change is seen at the next look, every [`HOLD_RECHECK`].
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -36,8 +38,8 @@ use crate::desired::protection::{
 };
 use crate::error::{Error, KubeContext, Result};
 
-/// How often a held deletion looks for its users again. Workloads are not watched, so this
-/// bounds how long a config outlives its last user.
+/// How often a held deletion looks for its users again: how long, at most, a config outlives
+/// its last user (a workload scaled to 0 or deleted wakes nothing else).
 pub const HOLD_RECHECK: Duration = Duration::from_secs(10);
 
 /// Puts Kiln's finalizer on `pc` unless it is there: one metadata patch, once per config
