@@ -634,7 +634,12 @@ async fn a_follower_is_a_user_until_it_is_deleted() {
         .delete("follower", &DeleteParams::default())
         .await
         .expect("delete the follower");
-    w.wait_gone("fol", WAIT).await;
+    let took = w.wait_gone("fol", WAIT).await;
+    eprintln!("a held config went {took:?} after its follower was deleted");
+    assert!(
+        took < Duration::from_secs(5),
+        "the followers index wakes a held config when a follower goes ({took:?}, the periodic check is every 10s)"
+    );
     w.wait_secret_collected("fol-credentials").await;
 }
 
