@@ -906,7 +906,8 @@ cluster_checks() {
   # locally as the chart's ServiceAccount (its own token), which proves the Roles are enough.
   run_as_service_account() {
     local token server ca sa_kubeconfig="$work/sa.kubeconfig" port log="$work/kiln-sa.log"
-    [ -x target/debug/kiln ] || cargo build --locked --quiet
+    local kiln="${CARGO_TARGET_DIR:-target}/debug/kiln"
+    [ -x "$kiln" ] || cargo build --locked --quiet
     token=$(k -n kiln-system create token kiln --duration=1h) || return 1
     server=$(k config view --raw -o jsonpath='{.clusters[0].cluster.server}')
     ca=$(k config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
@@ -920,18 +921,20 @@ current-context: kiln
 KCFG
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     KUBECONFIG=$sa_kubeconfig RUST_LOG=info KILN_LEASE_NAME=kiln-leader KILN_LEASE_NAMESPACE=kiln-system \
-      ./target/debug/kiln run --http-addr "127.0.0.1:$port" --workspace-dir "$work/ws" >"$log" 2>&1 &
+      "$kiln" run --http-addr "127.0.0.1:$port" --workspace-dir "$work/ws" >"$log" 2>&1 &
     local pid=$! ok=1
     k apply -n team-a -f examples/ >/dev/null
     if ! k -n team-a wait --for=condition=Ready --timeout=90s \
       draft/welcome-email job.kiln.dev/hello-world providerconfig/openai-main; then
       ok=0
     fi
+    # Deleted while the operator still runs, so the Job's finalizer can clean up and the
+    # ProviderConfig's can look for workloads that use it (a list of Deployments,
+    # StatefulSets and DaemonSets) before it is released.
+    k delete -n team-a -f examples/ --timeout=60s >/dev/null 2>&1 || ok=0
     if grep -qi 'forbidden' "$log"; then
       echo "the operator was refused something:"; grep -i forbidden "$log" | head -n 5; ok=0
     fi
-    # Deleted while the operator still runs, so the Job's finalizer can clean up.
-    k delete -n team-a -f examples/ --timeout=60s >/dev/null 2>&1 || ok=0
     kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
     [ "$ok" = 1 ] || { tail -n 20 "$log"; return 1; }
   }

@@ -219,6 +219,14 @@ fn invalid_objects() -> Vec<Invalid> {
             ),
             expect: &["spec.apiKeys[0].name", "API_KEY is reserved"],
         },
+        Invalid {
+            name: "unknown deletionPolicy",
+            yaml: Box::leak(
+                format!("{PCFG_HEAD}spec:\n  providerType: openai\n  deletionPolicy: Never\n")
+                    .into_boxed_str(),
+            ),
+            expect: &["spec.deletionPolicy", "WhileUnused"],
+        },
     ])
     .collect()
 }

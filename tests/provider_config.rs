@@ -1,5 +1,6 @@
 //! The ProviderConfig controller on a real control plane: derived objects and their owner,
-//! garbage collection, one default per type and its aliases, rotation, broken references,
+//! garbage collection, deletions of configs that workloads use (reported, or held until
+//! unused), one default per type and its aliases, rotation, broken references,
 //! debounced rollouts of followers, secrecy of key values in logs, and memory next to many
 //! unrelated Secrets. Each test has its own namespace and its own operator.
 
@@ -367,6 +368,345 @@ async fn deleting_the_config_garbage_collects_derived_objects() {
     .await;
     // The source Secret is not Kiln's: it stays.
     assert!(w.secret_data("keys").await.is_some());
+}
+
+/// A Deployment with `replicas` whose pod template has `pod` (containers default to one),
+/// annotated `kiln.dev/follow: <follow>` if given.
+fn workload(name: &str, replicas: i32, follow: Option<&str>, pod: Value) -> Value {
+    let mut pod = pod;
+    pod.as_object_mut()
+        .expect("pod spec object")
+        .entry("containers")
+        .or_insert(json!([{"name": "app", "image": "registry.invalid/app:1"}]));
+    let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": pod}}});
+    if let Some(f) = follow {
+        d["metadata"]["annotations"] = json!({"kiln.dev/follow": f});
+    }
+    d
+}
+
+fn mounting(secret: &str) -> Value {
+    json!({"volumes": [{"name": "creds", "secret": {"secretName": secret}}]})
+}
+
+impl World {
+    async fn put_deployment(&self, d: Value) {
+        let name = d["metadata"]["name"].as_str().expect("name").to_string();
+        self.deployments()
+            .patch(
+                &name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&d),
+            )
+            .await
+            .expect("apply Deployment");
+    }
+
+    /// Notes of the Events with `reason` about `name`.
+    async fn event_notes(&self, name: &str, reason: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .expect("list Events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .collect()
+    }
+
+    /// Waits for a `reason` Event about `name` whose note contains `text`; returns the note.
+    async fn wait_event_note(&self, name: &str, reason: &str, text: &str) -> String {
+        eventually(
+            WAIT,
+            &format!("a {reason} Event about {name} naming {text}"),
+            || async {
+                self.event_notes(name, reason)
+                    .await
+                    .into_iter()
+                    .find(|n| n.contains(text))
+            },
+        )
+        .await
+    }
+
+    /// Waits until the config is gone from the API server.
+    async fn wait_gone(&self, name: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        eventually(within, &format!("ProviderConfig {name} gone"), || async {
+            self.pcs().get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        start.elapsed()
+    }
+
+    /// Waits until the derived Secret `name` is garbage-collected. The garbage collector
+    /// discovers a new CRD's resources periodically: allow for it.
+    async fn wait_secret_collected(&self, name: &str) {
+        eventually(
+            Duration::from_secs(90),
+            &format!("Secret {name} collected"),
+            || async {
+                self.secrets()
+                    .get_opt(name)
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Waits until `name` is being deleted and reports `InUse=True` with `reason`.
+    async fn wait_in_use(&self, name: &str, reason: &str) -> ProviderConfig {
+        let pcs = self.pcs();
+        eventually(WAIT, &format!("{name}: InUse={reason}"), || {
+            let pcs = pcs.clone();
+            async move {
+                let pc = pcs.get(name).await.ok()?;
+                (pc.metadata.deletion_timestamp.is_some()
+                    && condition(&pc, "InUse") == Some("True")
+                    && condition_reason(&pc, "InUse").as_deref() == Some(reason))
+                .then_some(pc)
+            }
+        })
+        .await
+    }
+}
+
+fn in_use_message(pc: &ProviderConfig) -> String {
+    pc.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "InUse"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+const IN_USE_FINALIZER: &str = "kiln.dev/in-use";
+
+#[tokio::test]
+async fn deleting_a_config_in_use_warns_then_proceeds() {
+    let w = World::new("pcfg-inuse").await;
+    w.put_secret("keys", &[("k", "sk-used")]).await;
+    w.put_deployment(workload("app", 1, None, mounting("used-credentials")))
+        .await;
+    w.put_pc("used", spec_with_keys(json!([key("k", "keys", "k")])))
+        .await;
+    let pc = w.wait_ready("used").await;
+    assert_eq!(pc.finalizers(), [IN_USE_FINALIZER]);
+    w.pcs()
+        .delete("used", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // The default policy: reported, not held.
+    let took = w.wait_gone("used", WAIT).await;
+    eprintln!("a config in use was deleted {took:?} after the request");
+    let note = w
+        .wait_event_note("used", "DeletedWhileInUse", "Deployment/app")
+        .await;
+    assert!(
+        note.contains("(Secret used-credentials)") && note.contains("deletionPolicy: Delete"),
+        "{note}"
+    );
+    w.wait_secret_collected("used-credentials").await;
+}
+
+#[tokio::test]
+async fn while_unused_holds_the_deletion_until_the_last_user_stops() {
+    let w = World::new("pcfg-hold").await;
+    w.put_secret("keys", &[("k", "sk-held")]).await;
+    let env = json!({"containers": [{"name": "app", "image": "registry.invalid/app:1",
+        "env": [{"name": "API_KEY", "valueFrom":
+            {"secretKeyRef": {"name": "held-credentials", "key": "API_KEY"}}}]}]});
+    w.put_deployment(workload("app", 1, None, env)).await;
+    w.put_deployment(workload("idle", 0, None, mounting("held-credentials")))
+        .await;
+    let mut spec = spec_with_keys(json!([key("k", "keys", "k")]));
+    spec["deletionPolicy"] = json!("WhileUnused");
+    w.put_pc("held", spec).await;
+    w.wait_ready("held").await;
+    w.pcs()
+        .delete("held", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let pc = w.wait_in_use("held", "DeletionHeld").await;
+    let message = in_use_message(&pc);
+    assert!(
+        message.contains("Deployment/app (Secret held-credentials)"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("Deployment/idle"),
+        "a workload scaled to 0 is not a user: {message}"
+    );
+    w.wait_event_note("held", "DeletedWhileInUse", "Deployment/app")
+        .await;
+    // Held for longer than a few rechecks, with the credentials in place.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let pc = w.pcs().get("held").await.expect("still there");
+    assert_eq!(pc.finalizers(), [IN_USE_FINALIZER]);
+    assert_eq!(
+        w.secret_data("held-credentials")
+            .await
+            .expect("Secret kept")["API_KEY"],
+        "sk-held"
+    );
+    assert_eq!(
+        w.event_notes("held", "DeletedWhileInUse").await.len(),
+        1,
+        "one Warning per verdict, not per recheck"
+    );
+
+    w.deployments()
+        .patch(
+            "app",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(workload("app", 0, None, json!({}))),
+        )
+        .await
+        .expect("scale to 0");
+    let took = w.wait_gone("held", WAIT).await;
+    eprintln!("a held config went {took:?} after its last user was scaled to 0");
+    w.wait_event("held", "DeletionReleased").await;
+    w.wait_secret_collected("held-credentials").await;
+}
+
+#[tokio::test]
+async fn an_unused_config_is_deleted_at_once_without_a_warning() {
+    let w = World::new("pcfg-unused").await;
+    w.put_secret("keys", &[("k", "sk-idle")]).await;
+    w.put_deployment(workload(
+        "bystander",
+        2,
+        None,
+        mounting("other-credentials"),
+    ))
+    .await;
+    let mut spec = spec_with_keys(json!([key("k", "keys", "k")]));
+    spec["deletionPolicy"] = json!("WhileUnused");
+    w.put_pc("idle", spec).await;
+    let pc = w.wait_ready("idle").await;
+    assert_eq!(pc.finalizers(), [IN_USE_FINALIZER]);
+    w.pcs()
+        .delete("idle", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let took = w.wait_gone("idle", Duration::from_secs(10)).await;
+    eprintln!("an unused config was deleted {took:?} after the request");
+    w.wait_secret_collected("idle-credentials").await;
+    let reasons = w.event_reasons("idle").await;
+    assert!(
+        !reasons
+            .iter()
+            .any(|r| r == "DeletedWhileInUse" || r == "DeletionReleased"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_follower_is_a_user_until_it_is_deleted() {
+    let w = World::new("pcfg-follow").await;
+    w.put_secret("keys", &[("k", "sk-fol")]).await;
+    w.put_deployment(workload("follower", 1, Some("other, fol"), json!({})))
+        .await;
+    let mut spec = spec_with_keys(json!([key("k", "keys", "k")]));
+    spec["deletionPolicy"] = json!("WhileUnused");
+    w.put_pc("fol", spec).await;
+    w.wait_ready("fol").await;
+    w.pcs()
+        .delete("fol", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let pc = w.wait_in_use("fol", "DeletionHeld").await;
+    let message = in_use_message(&pc);
+    assert!(
+        message.contains("Deployment/follower (kiln.dev/follow)"),
+        "{message}"
+    );
+    assert!(w.secret_data("fol-credentials").await.is_some());
+    w.deployments()
+        .delete("follower", &DeleteParams::default())
+        .await
+        .expect("delete the follower");
+    let took = w.wait_gone("fol", WAIT).await;
+    eprintln!("a held config went {took:?} after its follower was deleted");
+    assert!(
+        took < Duration::from_secs(5),
+        "the followers index wakes a held config when a follower goes ({took:?}, the periodic check is every 10s)"
+    );
+    w.wait_secret_collected("fol-credentials").await;
+}
+
+#[tokio::test]
+async fn a_held_default_keeps_its_aliases_for_their_users() {
+    let w = World::new("pcfg-alias-hold").await;
+    w.put_secret("keys", &[("d", "sk-default"), ("o", "sk-other")])
+        .await;
+    w.put_deployment(workload(
+        "app",
+        1,
+        None,
+        mounting("default-openai-credentials"),
+    ))
+    .await;
+    let mut spec = json!({"providerType": "openai", "default": true,
+        "deletionPolicy": "WhileUnused", "apiKeys": [key("d", "keys", "d")]});
+    w.put_pc("dflt", spec.clone()).await;
+    // A config of the same type that does not claim the default: its reconciles remove the
+    // aliases once no config claims the default, but not while a claimant is held.
+    w.put_pc("plain", spec_with_keys(json!([key("o", "keys", "o")])))
+        .await;
+    w.wait_pc("dflt", "effective default", |pc| {
+        pc.status.as_ref().and_then(|s| s.effective_default) == Some(true)
+    })
+    .await;
+    w.wait_ready("plain").await;
+    assert!(w.secret_data("default-openai-credentials").await.is_some());
+
+    w.pcs()
+        .delete("dflt", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let pc = w.wait_in_use("dflt", "DeletionHeld").await;
+    let message = in_use_message(&pc);
+    assert!(
+        message.contains("Deployment/app (Secret default-openai-credentials)"),
+        "{message}"
+    );
+    // Touch the sibling: its reconcile must leave the aliases alone.
+    w.pcs()
+        .patch(
+            "plain",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"test/poke": "1"}}})),
+        )
+        .await
+        .expect("poke");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        w.secret_data("default-openai-credentials")
+            .await
+            .expect("the alias stays while its user holds the default")["API_KEY"],
+        "sk-default"
+    );
+
+    // Another config claims the default: the aliases move to it, so the app keeps working
+    // and no longer holds the deleted one.
+    spec["apiKeys"] = json!([key("o", "keys", "o")]);
+    spec.as_object_mut().expect("spec").remove("deletionPolicy");
+    w.put_pc("plain", spec).await;
+    w.wait_gone("dflt", WAIT).await;
+    eventually(WAIT, "the aliases follow the new default", || async {
+        let d = w.secret_data("default-openai-credentials").await?;
+        (d.get("API_KEY").map(String::as_str) == Some("sk-other")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -23,6 +23,8 @@ pub mod types {
     pub const COMPLETE: &str = "Complete";
     /// ProviderConfig: another config is the effective default for this provider type.
     pub const DEFAULT_CONFLICT: &str = "DefaultConflict";
+    /// ProviderConfig, while it is being deleted: running workloads use what it derived.
+    pub const IN_USE: &str = "InUse";
 }
 
 /// JSON Schema of a `conditions` list: a list-map keyed by `type`, so that server-side apply

@@ -78,6 +78,22 @@ pub struct ProviderConfigSpec {
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
     pub api_keys: Vec<ApiKey>,
+
+    /// What deleting this config waits for (see [`DeletionPolicy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// What deleting a ProviderConfig waits for. `Delete` (Kiln's default): nothing; running
+/// workloads that use the config are reported, then it goes. `WhileUnused`: the deletion
+/// waits until no running workload uses it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Proceed at once; a deletion while workloads use the config is reported.
+    #[default]
+    Delete,
+    /// Hold the deletion (Kiln's finalizer stays) until no running workload uses the config.
+    WhileUnused,
 }
 
 /// A named API key held in a Secret.
@@ -135,7 +151,7 @@ pub struct ProviderConfigStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Reconciling`, `Stalled`, `DefaultConflict`.
+    /// `Ready`, `Reconciling`, `Stalled`, `DefaultConflict`, and `InUse` while being deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -5,6 +5,7 @@ pub mod draft;
 pub mod follow;
 pub mod job;
 pub mod labels;
+pub mod protection;
 pub mod provider_config;
 
 use sha2::{Digest, Sha256};

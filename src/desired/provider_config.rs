@@ -320,13 +320,15 @@ impl Target<'_> {
     /// config. Anything else is a name conflict and is never touched.
     pub fn may_overwrite(&self, existing: &ObjectMeta) -> bool {
         let labels = existing.labels.clone().unwrap_or_default();
-        let controlled_by_a_config = existing
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && is_provider_config(o));
+        // An alias may have lost its controller: when the default is deleted, the garbage
+        // collector strips the dangling reference and keeps the other claimants' (not
+        // controllers), and it may do so before the next default takes the alias over.
+        let owned_by_a_config =
+            existing.owner_references.iter().flatten().any(|o| {
+                is_provider_config(o) && (o.controller == Some(true) || self.role.is_alias())
+            });
         managed_by_kiln(existing.labels.as_ref())
-            && controlled_by_a_config
+            && owned_by_a_config
             && labels.get(PROVIDER_ROLE).map(String::as_str) == Some(self.role.label())
             && (self.role.is_alias()
                 || labels.get(PROVIDER_CONFIG).map(String::as_str) == Some(self.config))
@@ -626,6 +628,14 @@ mod tests {
             .unwrap()
             .insert(PROVIDER_CONFIG.into(), "older".into());
         assert!(alias.may_overwrite(&old_alias.metadata));
+        // Its controller deleted and stripped by the garbage collector: another claimant's
+        // reference remains, and the next default takes it over.
+        old_alias.metadata.owner_references = Some(vec![owner_reference("next", "u2", false)]);
+        assert!(alias.may_overwrite(&old_alias.metadata));
+        // A config's own object needs its controller reference.
+        let mut orphan = mine.clone();
+        orphan.metadata.owner_references = Some(vec![owner_reference("openai-main", "u", false)]);
+        assert!(!own.may_overwrite(&orphan.metadata));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The ProviderConfig controller, a pipeline (`docs/provider-config.md` for its rules):
 //! read the keys → elect the default → derive the ConfigMap and Secret → move or remove the
-//! default aliases → roll out followers → status and Events.
+//! default aliases → roll out followers → status and Events. A finalizer reports the
+//! deletion of a config that running workloads use, and holds it if the config asks
+//! (`protect.rs`).
 //!
 //! Watches: ProviderConfigs (tapped to re-reconcile configs of the same type when the set
 //! claiming the default changes); the derived ConfigMaps by Kiln's labels and ownership;
@@ -10,6 +12,7 @@
 
 mod events;
 mod follow;
+mod protect;
 mod resolve;
 mod status;
 mod sync;
@@ -173,9 +176,12 @@ async fn reconcile(
     };
     if pc.metadata.deletion_timestamp.is_some() {
         ctx.key_usage.forget(&ns, &name);
-        // The garbage collector removes the derived objects; the siblings re-elect.
-        return Ok(Action::await_change());
+        // Kiln's finalizer holds the deletion until the users are reported (and, if asked,
+        // gone); then the garbage collector removes the derived objects and the siblings
+        // re-elect.
+        return protect::on_deletion(&ctx, &pcs, &pc, &shared.store).await;
     }
+    protect::ensure_finalizer(&pcs, &pc).await?;
     let uid = pc.uid().ok_or(Error::MissingObjectKey("uid"))?;
     let now = Timestamp::now();
     let current = pc.status.clone().unwrap_or_default();
@@ -217,7 +223,10 @@ async fn reconcile(
     let mut happened = Happenings::default();
     let alias_conflict = match &standing {
         Standing::Default => publish_aliases(&writer, &ns, &pc, &claimants, &json, &secret).await?,
-        Standing::NotClaiming if claimants.is_empty() => {
+        // A claimant held in deletion keeps its aliases: their users may be what holds it.
+        Standing::NotClaiming
+            if claimants.is_empty() && !protect::holds_aliases(&shared.store, &pc) =>
+        {
             happened.aliases_removed = remove_aliases(&configmaps, &secrets, provider_type).await?;
             None
         }

@@ -90,7 +90,11 @@ impl Siblings {
             }
             watcher::Event::Delete(pc) => {
                 let before = self.seen.remove(&ObjectRef::from_obj(pc));
-                if before.is_some_and(|b| b.2) {
+                // A claimant stops claiming when its deletion starts; Kiln's finalizer may
+                // then hold it, and with it the aliases (see `protect.rs`). Its final
+                // disappearance is a change of the claimant set too: the siblings settle
+                // the aliases again.
+                if before.is_some_and(|b| b.2) || pc.spec.default == Some(true) {
                     self.fan_out(pc, &key(pc));
                 }
             }
@@ -174,6 +178,32 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().name, "b");
         // A new config that does not claim: nothing.
         s.observe(&watcher::Event::Apply(pc("d", "openai", false)));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_claimant_held_in_deletion_reaches_the_siblings_twice() {
+        let (a, b) = (pc("a", "openai", true), pc("b", "openai", false));
+        let store = store_with(&[a.clone(), b.clone()]);
+        let (tx, mut rx) = unbounded_channel();
+        let mut s = Siblings::new(store, tx);
+        for p in [&a, &b] {
+            s.observe(&watcher::Event::InitApply(p.clone()));
+        }
+        // Its deletion starts (a finalizer holds it): it stops claiming.
+        let mut deleting = a.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        s.observe(&watcher::Event::Apply(deleting.clone()));
+        assert_eq!(rx.try_recv().unwrap().name, "b");
+        assert!(rx.try_recv().is_err());
+        // It is gone at last: the aliases it held are settled again.
+        s.observe(&watcher::Event::Delete(deleting));
+        assert_eq!(rx.try_recv().unwrap().name, "b");
+        // A config that never claimed goes quietly.
+        s.observe(&watcher::Event::Delete(b));
         assert!(rx.try_recv().is_err());
     }
 
