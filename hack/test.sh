@@ -3,7 +3,9 @@
 # formatting, clippy, unit tests, integration tests against a real control plane (built
 # from source by hack/k8s-binaries.sh and cached outside the repo; the object-store tests also
 # against a real S3 server built by hack/object-store.sh), the Argo CD health checks, the Helm
-# chart checks, and the end-to-end suite on a real node (hack/test-e2e.sh).
+# chart checks, a subset of the integration tests and the chart checks on the oldest and the
+# newest Kubernetes release Kiln claims (hack/test-k8s-versions.sh), and the end-to-end suite
+# on a real node (hack/test-e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -54,6 +56,12 @@ if [ -x hack/test-chart.sh ]; then
   step "Helm chart"
   hack/test-chart.sh
 fi
+
+# The other Kubernetes releases Kiln claims (the oldest and the newest, pinned in
+# hack/k8s/<version>/): their binaries, the CRDs and the API, each controller's main path and
+# the chart. Fails, never skips.
+step "other Kubernetes releases (hack/test-k8s-versions.sh)"
+hack/test-k8s-versions.sh
 
 # Kiln as a pod on a real node (kubelet, containerd, runc, CNI, kube-proxy), its image built
 # from the Dockerfile and installed with the chart. Needs root; fails, never skips.
