@@ -13,6 +13,7 @@
 #
 #   hack/test-k8s-versions.sh                    every pinned release but the default
 #   hack/test-k8s-versions.sh v1.33.13 [...]     these releases only
+#   hack/test-k8s-versions.sh --build [...]      only build (or find) their binaries
 #
 # Every release is tried even when an earlier one fails; the exit status is 1 if anything
 # failed, and a release without pinned modules, a build error or a test name that matches
@@ -36,6 +37,8 @@ subset=(
   "job_files write_batch_list_read_and_delete_with_a_role_bound_token a_token_without_the_role_is_403_and_writes_nothing"
 )
 
+build_only=
+if [ "${1:-}" = --build ]; then build_only=1; shift; fi
 if [ $# -gt 0 ]; then
   versions=("$@")
 else
@@ -49,8 +52,11 @@ else
   fi
 fi
 
-logs=${KILN_VERSIONS_LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/kiln-k8s-versions.XXXXXX")}
-mkdir -p "$logs"
+logs=
+if [ -z "$build_only" ]; then
+  logs=${KILN_VERSIONS_LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/kiln-k8s-versions.XXXXXX")}
+  mkdir -p "$logs"
+fi
 start=$SECONDS
 summary=()
 failed=0
@@ -61,16 +67,16 @@ note() { printf '\n--- %s (%ds)\n' "$*" $((SECONDS - start)) >&2; }
 run_tests() {
   local version=$1 bin=$2 entry binary names log ran want rc=0
   for entry in "${subset[@]}"; do
-    read -r -a names <<<"$entry"
+    read -r -d '' -a names <<<"$entry" || true
     binary=${names[0]}
     names=("${names[@]:1}")
     log=$logs/$version-$binary.log
     note "$version: cargo test --test $binary ${names[*]:+(${#names[@]} tests)}"
     if [ ${#names[@]} -gt 0 ]; then
-      KILN_K8S_BIN=$bin cargo test --locked --test "$binary" -- --exact "${names[@]}" 2>&1 | tee "$log" >&2 || rc=1
+      KILN_K8S_BIN=$bin cargo test --locked --test "$binary" -- --test-threads=4 --exact "${names[@]}" 2>&1 | tee "$log" >&2 || rc=1
       want=${#names[@]}
     else
-      KILN_K8S_BIN=$bin cargo test --locked --test "$binary" 2>&1 | tee "$log" >&2 || rc=1
+      KILN_K8S_BIN=$bin cargo test --locked --test "$binary" -- --test-threads=4 2>&1 | tee "$log" >&2 || rc=1
       want=any
     fi
     # A renamed test would otherwise match nothing and pass quietly.
@@ -98,6 +104,10 @@ for version in "${versions[@]}"; do
     continue
   fi
   built=$((SECONDS - t))
+  if [ -n "$build_only" ]; then
+    summary+=("$version: binaries in $bin (${built}s)")
+    continue
+  fi
 
   t=$SECONDS
   tests=passed
@@ -116,7 +126,7 @@ for version in "${versions[@]}"; do
   [ "$tests" = passed ] && [ "$chart" = passed ] || failed=1
 done
 
-note "Kubernetes versions: summary (logs in $logs)"
+note "Kubernetes versions: summary${logs:+ (logs in $logs)}"
 printf '  %s\n' "${summary[@]}" >&2
 if [ "$failed" -ne 0 ]; then
   echo "test-k8s-versions: FAILED on at least one Kubernetes release (see above and $logs)" >&2
