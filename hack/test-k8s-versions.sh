@@ -129,6 +129,6 @@ done
 note "Kubernetes versions: summary${logs:+ (logs in $logs)}"
 printf '  %s\n' "${summary[@]}" >&2
 if [ "$failed" -ne 0 ]; then
-  echo "test-k8s-versions: FAILED on at least one Kubernetes release (see above and $logs)" >&2
+  echo "test-k8s-versions: FAILED on at least one Kubernetes release (see above${logs:+ and $logs})" >&2
   exit 1
 fi
