@@ -9,7 +9,8 @@
 #   hack/argocd.sh stop DIR     stop (SIGTERM, wait, SIGKILL); idempotent
 #   hack/argocd.sh status DIR   exit 0 if every process runs and answers
 #   hack/argocd.sh build        build (or find) Argo CD; print the directory holding the binary
-#                               (argocd) and Argo CD's CRDs (crds/)
+#                               (argocd), Argo CD's CRDs (crds/) and the helper scripts its
+#                               image puts on PATH (bin/)
 #
 # Argo CD is built from source through the Go module proxy at the release pinned by the wrapper
 # module hack/argocd/go.mod (verified by the committed go.sum; hack/argocd/generate-go-mod.sh
@@ -42,7 +43,8 @@
 # which is how the multi-call binary knows what to run, and how `stop` recognises this DIR's
 # processes), git/ (the bare repository), gitops/ (the clone), redis/, home/, tmp/, pids.
 # Logs: DIR/logs/{git-daemon,redis,argocd-repo-server,argocd-application-controller}.log.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'log "failed: line $LINENO: $BASH_COMMAND"' ERR
 
 hack=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$hack/.." && pwd)
@@ -58,16 +60,17 @@ build() {
   local version recipe key cache out moddir
   version=$(awk '$1 == "github.com/argoproj/argo-cd/v3" {print $2; exit}' "$hack/argocd/go.mod")
   # Bump when the build recipe (flags) changes, so binaries built the old way are not reused.
-  recipe=1
+  recipe=2
   key=$( (echo "recipe $recipe"; cat "$hack/argocd/go.mod" "$hack/argocd/go.sum") | sha256sum | cut -c1-12)
   cache=${KILN_CACHE:-$HOME/.cache/kiln}
   out="$cache/argocd-${version}-${key}"
-  if [ -x "$out/argocd" ] && [ -s "$out/crds/application-crd.yaml" ]; then echo "$out"; return 0; fi
+  complete() { [ -x "$out/argocd" ] && [ -s "$out/crds/application-crd.yaml" ] && [ -x "$out/bin/git-verify-wrapper.sh" ]; }
+  if complete; then echo "$out"; return 0; fi
   mkdir -p "$out"
   # One build at a time per cache entry; a concurrent caller waits and then finds it done.
   exec 8>"$out.lock"
   flock 8
-  if [ -x "$out/argocd" ] && [ -s "$out/crds/application-crd.yaml" ]; then echo "$out"; return 0; fi
+  if complete; then echo "$out"; return 0; fi
   local go
   # shellcheck source=hack/argocd/go-toolchain.sh
   . "$hack/argocd/go-toolchain.sh"
@@ -83,13 +86,18 @@ build() {
     pkg=github.com/argoproj/argo-cd/v3/common
     "$go" build -ldflags "-s -w -X $pkg.version=${version#v} -X $pkg.gitTag=${version} -X $pkg.gitTreeState=clean" \
       -o "$out/argocd.tmp" github.com/argoproj/argo-cd/v3/cmd
-    rm -rf "$out/crds.tmp"
-    mkdir -p "$out/crds.tmp"
+    rm -rf "$out/crds.tmp" "$out/bin.tmp"
+    mkdir -p "$out/crds.tmp" "$out/bin.tmp"
     cp "$moddir"/manifests/crds/*-crd.yaml "$out/crds.tmp/"
-    chmod -R u+w "$out/crds.tmp"
+    # The repo-server runs git-verify-wrapper.sh on every manifest generation (signed or not),
+    # and gpg-wrapper.sh for GPG keys; Argo CD's image puts both on PATH.
+    cp "$moddir"/hack/git-verify-wrapper.sh "$moddir"/hack/gpg-wrapper.sh "$out/bin.tmp/"
+    chmod -R u+w "$out/crds.tmp" "$out/bin.tmp"
+    chmod 755 "$out"/bin.tmp/*.sh
   )
-  rm -rf "$out/crds"
+  rm -rf "$out/crds" "$out/bin"
   mv "$out/crds.tmp" "$out/crds"
+  mv "$out/bin.tmp" "$out/bin"
   mv "$out/argocd.tmp" "$out/argocd"
   log "built in $((SECONDS - start))s"
   echo "$out"
@@ -252,8 +260,14 @@ init_git() {
 install_argocd_objects() {
   local crds=$1 cmd
   kubectl apply --server-side --force-conflicts -f "$crds/" >/dev/null
-  kubectl wait --for=condition=Established --timeout=60s \
-    crd/applications.argoproj.io crd/appprojects.argoproj.io crd/applicationsets.argoproj.io >/dev/null
+  # Polled rather than `kubectl wait`, which errors out on a CRD whose status is still empty.
+  local crd deadline=$((SECONDS + 60))
+  for crd in applications appprojects applicationsets; do
+    until [ "$(kubectl get crd "$crd.argoproj.io" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]; do
+      [ $SECONDS -lt $deadline ] || { log "CRD $crd.argoproj.io not Established after 60s"; exit 1; }
+      sleep 0.2
+    done
+  done
   kubectl apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Namespace
@@ -313,7 +327,7 @@ start() {
   prerequisites
   local out bin
   out=$(build)
-  mkdir -p "$adir"/{bin,git,redis,home,tmp,tls,ssh,gpg} "$dir/logs"
+  mkdir -p "$adir"/{bin,git,redis,home,tmp,tls,ssh,gpg,run/plugins} "$dir/logs"
   load_state
   if [ -s "$dir/argocd.env" ]; then
     local running=1 c
@@ -349,14 +363,15 @@ start() {
   install_argocd_objects "$out/crds"
 
   # A clean environment: nothing from the caller's ARGOCD_*, KUBECONFIG or proxy settings.
-  local base_env=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$adir/home" TMPDIR="$adir/tmp"
+  local base_env=(env -i PATH="$out/bin:/usr/local/bin:/usr/bin:/bin" HOME="$adir/home" TMPDIR="$adir/tmp"
     REDIS_PASSWORD="$redis_password" ARGOCD_TLS_DATA_PATH="$adir/tls" ARGOCD_SSH_DATA_PATH="$adir/ssh"
-    ARGOCD_GNUPGHOME="$adir/gpg" ARGOCD_GPG_ENABLED=false GIT_CONFIG_NOSYSTEM=1)
+    ARGOCD_GNUPGHOME="$adir/gpg" ARGOCD_GPG_ENABLED=false GIT_CONFIG_NOSYSTEM=1
+    ARGOCD_ASK_PASS_SOCK="$adir/run/askpass.sock" ARGOCD_PLUGINSOCKFILEPATH="$adir/run/plugins")
 
   launch argocd-repo-server "${base_env[@]}" "$adir/bin/argocd-repo-server" \
     --address 127.0.0.1 --port "$repo_port" \
     --metrics-address 127.0.0.1 --metrics-port "$repo_metrics_port" \
-    --disable-tls --redis "127.0.0.1:$redis_port" --parallelismlimit 2 \
+    --disable-tls --client-ca-path= --redis "127.0.0.1:$redis_port" --parallelismlimit 2 \
     --logformat text --loglevel info
   wait_ready argocd-repo-server "$launched" http_ok "http://127.0.0.1:$repo_metrics_port/healthz"
 

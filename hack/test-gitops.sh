@@ -256,6 +256,9 @@ spec:
     metadata:
       labels:
         app: $1
+      # Git's own pod-template annotation, beside the one Kiln adds on a rollout.
+      annotations:
+        example.com/team: growth
     spec:
       containers:
         - name: app
@@ -436,6 +439,12 @@ degraded_with_reason() {
 }
 check_eventually 30 "Draft welcome-email: Degraded, with the reason and the JSON pointer (SchemaViolation, /generation)" \
   degraded_with_reason
+app_health_cause() {
+  local got
+  got=$(app kiln '"\(.status.health.status)|\(.status.health.message)"')
+  [ "$got" = "Degraded|Caused by kiln.dev/Draft:$ns/welcome-email" ] || { echo "$got"; return 1; }
+}
+check "Application kiln's health names the Draft as the cause" app_health_cause
 cp "$dir/draft-good.yaml" "$repo/kiln/examples/draft.yaml"
 rev4=$(push_all "welcome-email: restore generation")
 check_eventually 90 "the fix ($rev4) turns Application kiln Healthy again" synced_at kiln "$rev4" Healthy
