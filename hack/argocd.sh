@@ -30,6 +30,9 @@
 #   ARGOCD_NAMESPACE       argocd
 #   KILN_GITOPS_REPO_URL   the repository's URL, for an Application's spec.source.repoURL
 #   KILN_GITOPS_REPO_DIR   a clone of it: commit and `git push` there, and Argo CD sees it
+#   KILN_ARGOCD_REDIS, KILN_ARGOCD_REDIS_PASSWORD
+#                          Argo CD's Redis, where the controller keeps each Application's
+#                          resource tree (what argocd-server and its UI would show)
 #
 # The controller runs with --persist-resource-health, so each resource's health is in the
 # Application's status.resources[] (without it, only argocd-server's API shows it).
@@ -393,6 +396,8 @@ start() {
 export ARGOCD_NAMESPACE=$namespace
 export KILN_GITOPS_REPO_URL=$repo_url
 export KILN_GITOPS_REPO_DIR=$adir/gitops
+export KILN_ARGOCD_REDIS=127.0.0.1:$redis_port
+export KILN_ARGOCD_REDIS_PASSWORD=$redis_password
 EOF
   )
   mv "$dir/argocd.env.tmp" "$dir/argocd.env"

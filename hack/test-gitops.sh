@@ -122,7 +122,7 @@ step "Argo CD $argocd_version"
 env_file=$(hack/argocd.sh start "$dir") || die "hack/argocd.sh start" "see $dir/logs/argocd-*.log"
 # shellcheck source=/dev/null
 . "$env_file"
-for v in ARGOCD_NAMESPACE KILN_GITOPS_REPO_URL KILN_GITOPS_REPO_DIR; do
+for v in ARGOCD_NAMESPACE KILN_GITOPS_REPO_URL KILN_GITOPS_REPO_DIR KILN_ARGOCD_REDIS KILN_ARGOCD_REDIS_PASSWORD; do
   [ -n "${!v:-}" ] || die "$env_file exports $v" "$(cat "$env_file")"
 done
 pass "hack/argocd.sh start wrote $env_file (repository $KILN_GITOPS_REPO_URL)"
@@ -195,8 +195,28 @@ health_matches() { # app kind name want-status
   [ "${want%%|*}" = "$4" ] || { echo "$2/$3: $want; want $4"; return 1; }
   echo "${got#* }"
 }
+# The resource tree the controller keeps for an Application in Redis (gzipped JSON): what
+# argocd-server, and so the UI and `argocd app resources`, show.
+tree() { # app
+  local key
+  key=$(REDISCLI_AUTH=$KILN_ARGOCD_REDIS_PASSWORD redis-cli -h "${KILN_ARGOCD_REDIS%:*}" -p "${KILN_ARGOCD_REDIS##*:}" \
+    --scan --pattern "app|resources-tree|$1|*" | head -n 1)
+  [ -n "$key" ] || { echo "no resource tree for $1 in Redis"; return 1; }
+  REDISCLI_AUTH=$KILN_ARGOCD_REDIS_PASSWORD redis-cli -h "${KILN_ARGOCD_REDIS%:*}" -p "${KILN_ARGOCD_REDIS##*:}" --raw GET "$key" |
+    head -c -1 | if [[ $key == *.gz ]]; then gunzip; else cat; fi
+}
+# The health of a Kiln object in the resource tree is what health.lua promises.
+tree_health_matches() { # app kind name want-status
+  local got want
+  got=$(tree "$1" | jq -r ".nodes[] | select(.kind == \"$2\" and .name == \"$3\") | \"\(.health.status)|\(.health.message)\"") ||
+    { echo "$got"; return 1; }
+  want=$(expected_health "$2" "$3")
+  [ "$got" = "$want" ] || { echo "$2/$3 in $1's resource tree: '$got', health.lua promises '$want'"; return 1; }
+  [ "${want%%|*}" = "$4" ] || { echo "$2/$3: $want; want $4"; return 1; }
+  echo "$got"
+}
 # The last sync operation: when it started, of what, and whether self-heal started it.
-last_op() { app "$1" '"\(.status.operationState.startedAt) \(.status.operationState.operation.sync.revision // "") selfHealAttempts=\(.status.operationState.operation.sync.selfHealAttemptsCount // 0)"'; }
+last_op() { app "$1" '"\(.status.operationState.startedAt) \(.status.operationState.operation.sync.revision // "") autoHealAttempts=\(.status.operationState.operation.sync.autoHealAttemptsCount // 0)"'; }
 same() { # what before after
   [ "$2" = "$3" ] || { echo "$1 before: $2"; echo "$1 after:  $3"; return 1; }
 }
@@ -237,8 +257,11 @@ diagnose() { # app
 
 # --- the repository --------------------------------------------------------------------------
 step "the GitOps repository"
-follower() { # name -> a Deployment following openai-main. No node runs its pods; replicas: 0 so
-  # that the deployment controller still reports a real, complete status.
+follower() { # name [hash declared in Git] -> a Deployment following openai-main. No node runs
+  # its pods; replicas: 0 so that the deployment controller still reports a real, complete status.
+  local pinned=
+  [ -z "${2:-}" ] || pinned="
+        kiln.dev/credentials-hash-openai-main: $2"
   cat <<EOF
 # Follows the ProviderConfig openai-main: Kiln restarts it when the credentials change.
 apiVersion: apps/v1
@@ -258,7 +281,7 @@ spec:
         app: $1
       # Git's own pod-template annotation, beside the one Kiln adds on a rollout.
       annotations:
-        example.com/team: growth
+        example.com/team: growth$pinned
     spec:
       containers:
         - name: app
@@ -268,11 +291,17 @@ spec:
                 name: openai-main-credentials
 EOF
 }
-mkdir -p "$repo/kiln/crds" "$repo/kiln/examples" "$repo/kiln/workloads" "$repo/ssa" "$repo/expiry"
+mkdir -p "$repo/kiln/crds" "$repo/kiln/examples" "$repo/kiln/workloads" "$repo/ssa" "$repo/expiry" \
+  "$repo/pinned" "$repo/pinned-ignored"
 cp crds/*.yaml "$repo/kiln/crds/"
 cp examples/*.yaml "$repo/kiln/examples/"
 follower follower >"$repo/kiln/workloads/follower.yaml"
 follower follower-ssa >"$repo/ssa/follower-ssa.yaml"
+# Followers whose Git manifest declares Kiln's annotation itself (what not to do), once with
+# Argo CD's defaults and once with ignoreDifferences.managedFieldsManagers and
+# RespectIgnoreDifferences: is that configuration needed, and does it work?
+follower follower-pinned pinned-in-git >"$repo/pinned/follower-pinned.yaml"
+follower follower-pinned-ignored pinned-in-git >"$repo/pinned-ignored/follower-pinned-ignored.yaml"
 # A Draft that runs out while the suite runs. No spec.expiration: Kiln must choose MarkExpired
 # because Argo CD tracks it.
 expiry_retention=120
@@ -294,7 +323,7 @@ EOF
 rev1=$(push "Kiln's CRDs, the examples and two followers")
 pass "pushed $rev1 to $KILN_GITOPS_REPO_URL"
 
-application() { # name path [annotations yaml] [more sync options yaml]
+application() { # name path [annotations yaml] [more sync options yaml] [more spec yaml]
   argo apply -f - >/dev/null <<EOF
 apiVersion: argoproj.io/v1alpha1
 kind: Application
@@ -320,6 +349,7 @@ spec:
     syncOptions:
       - CreateNamespace=true
 ${4:-}
+${5:-}
 EOF
 }
 
@@ -347,6 +377,23 @@ check_eventually 30 "Job hello-world: Argo CD reports what health.lua promises (
   health_matches kiln Job hello-world Healthy
 check_eventually 30 "ProviderConfig openai-main: Argo CD reports what health.lua promises (Healthy, Ready's message)" \
   health_matches kiln ProviderConfig openai-main Healthy
+for r in "Draft welcome-email" "Job hello-world" "ProviderConfig openai-main"; do
+  # shellcheck disable=SC2086 # two words: kind and name
+  check_eventually 30 "$r: the same health in the Application's resource tree" tree_health_matches kiln $r Healthy
+done
+owned_in_tree() {
+  local got
+  got=$(tree kiln | jq -r '.nodes[] | select((.parentRefs // []) | any(.kind == "ProviderConfig" and .name == "openai-main")) | "\(.kind)/\(.name)"' | sort | tr '\n' ' ')
+  [ "$got" = "ConfigMap/openai-main-provider Secret/openai-main-credentials " ] || { echo "children of ProviderConfig/openai-main: $got"; return 1; }
+  echo "$got"
+}
+check_eventually 30 "the resource tree shows openai-main's ConfigMap and Secret under it (ownerReferences)" owned_in_tree
+published_not_in_tree() {
+  local got
+  got=$(tree kiln | jq -r '.nodes[] | select(.name | startswith("welcome-email-content")) | "\(.kind)/\(.name)"')
+  [ -z "$got" ] || { echo "in the tree: $got"; return 1; }
+}
+check "the published ConfigMap is not in the resource tree" published_not_in_tree
 derived_not_in_app() {
   local found
   found=$(app kiln '.status.resources[] | select(.name | test("-content|-provider$|-credentials$")) | "\(.kind)/\(.name)"')
@@ -367,10 +414,19 @@ check "the derived Secret carries no Argo CD tracking annotation or label" untra
 application kiln-ssa ssa "  annotations:
     argocd.argoproj.io/compare-options: ServerSideDiff=true" "      - ServerSideApply=true"
 application kiln-expiry expiry
-all_apps=(kiln kiln-ssa kiln-expiry)
+application kiln-pinned pinned
+application kiln-pinned-ignored pinned-ignored "" "      - RespectIgnoreDifferences=true" "  ignoreDifferences:
+    - group: apps
+      kind: Deployment
+      managedFieldsManagers:
+        - kiln/providerconfig"
+all_apps=(kiln kiln-ssa kiln-expiry kiln-pinned kiln-pinned-ignored)
 check_eventually 120 "Application kiln-ssa (ServerSideApply=true, ServerSideDiff=true) is Synced at $rev1 and Healthy" \
   synced_at kiln-ssa "$rev1" Healthy
 check_eventually 120 "Application kiln-expiry is Synced at $rev1 and Healthy" synced_at kiln-expiry "$rev1" Healthy
+check_eventually 120 "Application kiln-pinned is Synced at $rev1 and Healthy" synced_at kiln-pinned "$rev1" Healthy
+check_eventually 120 "Application kiln-pinned-ignored (managedFieldsManagers, RespectIgnoreDifferences) is Synced at $rev1 and Healthy" \
+  synced_at kiln-pinned-ignored "$rev1" Healthy
 expiry_created=$(kubectl -n "$ns" get draft short-lived -o jsonpath='{.metadata.creationTimestamp}')
 expiry_uid=$(kubectl -n "$ns" get draft short-lived -o jsonpath='{.metadata.uid}')
 
@@ -404,6 +460,12 @@ published_revision() {
   [ "$r" = "$1" ] || { echo "published revision: $r"; return 1; }
 }
 check_eventually 60 "Kiln publishes revision 2 of welcome-email" published_revision 2
+changed_by_argocd() {
+  local got
+  got=$(kubectl -n "$ns" get draft welcome-email -o json | jq -r '.status.history[] | "\(.revision):\(.changedBy)"' | tr '\n' ' ')
+  [ "$got" = "1:argocd-controller 2:argocd-controller " ] || { echo "history: $got"; return 1; }
+}
+check "the Draft's history names Argo CD (argocd-controller) as the author of both revisions" changed_by_argocd
 check_eventually 30 "Application kiln is Healthy at $rev2" synced_at kiln "$rev2" Healthy
 op_rev2=$(last_op kiln)
 watch_app kiln "$dir/watch-revision" &
@@ -445,6 +507,7 @@ app_health_cause() {
   [ "$got" = "Degraded|Caused by kiln.dev/Draft:$ns/welcome-email" ] || { echo "$got"; return 1; }
 }
 check "Application kiln's health names the Draft as the cause" app_health_cause
+check_eventually 30 "Draft welcome-email: the same health in the resource tree" tree_health_matches kiln Draft welcome-email Degraded
 cp "$dir/draft-good.yaml" "$repo/kiln/examples/draft.yaml"
 rev4=$(push_all "welcome-email: restore generation")
 check_eventually 90 "the fix ($rev4) turns Application kiln Healthy again" synced_at kiln "$rev4" Healthy
@@ -502,18 +565,35 @@ generation_once() {
 }
 check "follower's generation moved exactly once (the rollout; no revert, no second rollout)" generation_once
 
+# Git itself declares the annotation: Argo CD's defaults revert Kiln's rollout (self-heal);
+# with managedFieldsManagers and RespectIgnoreDifferences the rollout stays.
+reverted_by_self_heal() {
+  local got
+  got="$(annotation deployment follower-pinned kiln.dev/credentials-hash-openai-main template) $(annotation deployment follower-pinned deployment.kubernetes.io/revision) $(app kiln-pinned '.status.operationState.operation.sync.autoHealAttemptsCount // 0')"
+  [ -n "$(annotation deployment follower-pinned kiln.dev/rolled-out-at)" ] || { echo "Kiln has not rolled it out"; return 1; }
+  [[ $got == "pinned-in-git 3 "[1-9]* ]] || { echo "hash, deployment revision, self-heal attempts: $got"; return 1; }
+  echo "$got"
+}
+check_eventually 60 "follower-pinned (Git declares the hash; Argo CD's defaults): Kiln rolled it out, and self-heal put Git's value back (Deployment revision 3)" \
+  reverted_by_self_heal
+check "follower-pinned-ignored (managedFieldsManagers: kiln/providerconfig, RespectIgnoreDifferences): Kiln's rollout stays" \
+  same "hash" "$hash_rolled" "$(annotation deployment follower-pinned-ignored kiln.dev/credentials-hash-openai-main template)"
+check "follower-pinned-ignored: still Deployment revision 2" same "revision" 2 "$(annotation deployment follower-pinned-ignored deployment.kubernetes.io/revision)"
+check "Application kiln-pinned-ignored: Synced and Healthy, no self-heal" \
+  same "sync, health, self-heal attempts" "Synced Healthy 0" "$(app kiln-pinned-ignored '"\(.status.sync.status) \(.status.health.status) \(.status.operationState.operation.sync.autoHealAttemptsCount // 0)"')"
+
 # Git changes the followers' pod templates: Argo CD syncs them; Kiln's annotations stay.
 sed -i 's/^          image: app:1$/          image: app:2/' "$repo/kiln/workloads/follower.yaml" "$repo/ssa/follower-ssa.yaml"
 rev6=$(push_all "followers: app:2")
 kept() { # deployment
   local got
-  got="$(kubectl -n "$ns" get deployment "$1" -o jsonpath='{.spec.template.spec.containers[0].image}') $(annotation deployment "$1" kiln.dev/credentials-hash-openai-main template)"
-  [ "$got" = "app:2 $hash_rolled" ] || { echo "image and hash: $got; want app:2 $hash_rolled"; return 1; }
+  got="$(kubectl -n "$ns" get deployment "$1" -o jsonpath='{.spec.template.spec.containers[0].image}') $(annotation deployment "$1" kiln.dev/credentials-hash-openai-main template) $(annotation deployment "$1" example.com/team template)"
+  [ "$got" = "app:2 $hash_rolled growth" ] || { echo "image, Kiln's hash, Git's annotation: $got; want app:2 $hash_rolled growth"; return 1; }
 }
 check_eventually 90 "Application kiln syncs $rev6 (a change to follower's pod template)" synced_at kiln "$rev6" Healthy
-check "follower: Argo CD applied app:2 and kept Kiln's hash (client-side apply)" kept follower
+check "follower: Argo CD applied app:2 and kept Kiln's hash beside Git's own annotation (client-side apply)" kept follower
 check_eventually 90 "Application kiln-ssa syncs $rev6 (a change to follower-ssa's pod template)" synced_at kiln-ssa "$rev6" Healthy
-check "follower-ssa: Argo CD applied app:2 and kept Kiln's hash (server-side apply)" kept follower-ssa
+check "follower-ssa: Argo CD applied app:2 and kept Kiln's hash beside Git's own annotation (server-side apply)" kept follower-ssa
 
 # --- 5. expiry under Argo CD ----------------------------------------------------------------------
 step "5. a tracked Draft runs out: MarkExpired, and Argo CD leaves it"
