@@ -384,10 +384,11 @@ done
 owned_in_tree() {
   local got
   got=$(tree kiln | jq -r '.nodes[] | select((.parentRefs // []) | any(.kind == "ProviderConfig" and .name == "openai-main")) | "\(.kind)/\(.name)"' | sort | tr '\n' ' ')
-  [ "$got" = "ConfigMap/openai-main-provider Secret/openai-main-credentials " ] || { echo "children of ProviderConfig/openai-main: $got"; return 1; }
+  [ "$got" = "ConfigMap/default-openai-provider ConfigMap/openai-main-provider Secret/default-openai-credentials Secret/openai-main-credentials " ] ||
+    { echo "children of ProviderConfig/openai-main: $got"; return 1; }
   echo "$got"
 }
-check_eventually 30 "the resource tree shows openai-main's ConfigMap and Secret under it (ownerReferences)" owned_in_tree
+check_eventually 30 "the resource tree shows openai-main's ConfigMaps and Secrets (its own and the default aliases) under it" owned_in_tree
 published_not_in_tree() {
   local got
   got=$(tree kiln | jq -r '.nodes[] | select(.name | startswith("welcome-email-content")) | "\(.kind)/\(.name)"')
