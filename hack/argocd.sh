@@ -84,6 +84,8 @@ build() {
   (
     cd "$hack/argocd"
     export GOFLAGS="-mod=readonly -trimpath" CGO_ENABLED=0 GOSUMDB=off
+    # `go list -m` names the module's directory only once it is downloaded.
+    "$go" mod download github.com/argoproj/argo-cd/v3
     moddir=$("$go" list -m -f '{{.Dir}}' github.com/argoproj/argo-cd/v3)
     [ -n "$moddir" ] && [ -d "$moddir/manifests/crds" ] || { log "Argo CD's module has no manifests/crds"; exit 1; }
     pkg=github.com/argoproj/argo-cd/v3/common

@@ -170,6 +170,11 @@ synced_at() { # app revision [health]
 resource_state() { # app kind name
   app "$1" ".status.resources[] | select(.kind == \"$2\" and .name == \"$3\") | \"\(.status) \(.health.status // \"-\")|\(.health.message // \"\")\""
 }
+synced_healthy_resource() { # app kind name
+  local got
+  got=$(resource_state "$1" "$2" "$3")
+  [[ $got == "Synced Healthy|"* ]] || { echo "$2/$3 in $1: $got"; return 1; }
+}
 # What health.lua promises for a live Kiln object, by its rules: "status|message".
 expected_health() { # kind name
   kubectl -n "$ns" get "$1.kiln.dev" "$2" -o json | jq -r '
@@ -297,6 +302,9 @@ cp crds/*.yaml "$repo/kiln/crds/"
 cp examples/*.yaml "$repo/kiln/examples/"
 follower follower >"$repo/kiln/workloads/follower.yaml"
 follower follower-ssa >"$repo/ssa/follower-ssa.yaml"
+# A follower of the published config: rolled out when welcome-email gets revision 2.
+follower config-follower | sed 's|kiln.dev/follow: openai-main|kiln.dev/follow-config: welcome-email-content|' \
+  >"$repo/kiln/workloads/config-follower.yaml"
 # Followers whose Git manifest declares Kiln's annotation itself (what not to do), once with
 # Argo CD's defaults and once with ignoreDifferences.managedFieldsManagers and
 # RespectIgnoreDifferences: is that configuration needed, and does it work?
@@ -420,7 +428,7 @@ application kiln-pinned-ignored pinned-ignored "" "      - RespectIgnoreDifferen
     - group: apps
       kind: Deployment
       managedFieldsManagers:
-        - kiln/providerconfig"
+        - kiln/rollout"
 all_apps=(kiln kiln-ssa kiln-expiry kiln-pinned kiln-pinned-ignored)
 check_eventually 120 "Application kiln-ssa (ServerSideApply=true, ServerSideDiff=true) is Synced at $rev1 and Healthy" \
   synced_at kiln-ssa "$rev1" Healthy
@@ -467,6 +475,12 @@ changed_by_argocd() {
   [ "$got" = "1:argocd-controller 2:argocd-controller " ] || { echo "history: $got"; return 1; }
 }
 check "the Draft's history names Argo CD (argocd-controller) as the author of both revisions" changed_by_argocd
+config_rolled() {
+  local got
+  got="$(annotation deployment config-follower kiln.dev/config-revision-welcome-email-content template) $(annotation deployment config-follower deployment.kubernetes.io/revision)"
+  [ "$got" = "2 2" ] || { echo "config revision in the pod template, Deployment revision: $got"; return 1; }
+}
+check_eventually 60 "config-follower (kiln.dev/follow-config): rolled out by Kiln to revision 2 (Deployment revision 2)" config_rolled
 check_eventually 30 "Application kiln is Healthy at $rev2" synced_at kiln "$rev2" Healthy
 op_rev2=$(last_op kiln)
 watch_app kiln "$dir/watch-revision" &
@@ -477,6 +491,8 @@ wait "$watcher" || true
 check "after the new revision, Application kiln stayed Synced and Healthy for 45s (sampled every 2s)" \
   watched_steady "$dir/watch-revision" 12 "Synced Healthy"
 check "no sync ran after the one of $rev2 (no self-heal)" same "last operation" "$op_rev2" "$(last_op kiln)"
+check "config-follower: still at config revision 2, Deployment revision 2 (not reverted)" config_rolled
+check "config-follower: Argo CD reports it Synced" synced_healthy_resource kiln Deployment config-follower
 no_repeated_sync() {
   local dup
   dup=$(app kiln '.status.history[].revision' | sort | uniq -d)
@@ -549,11 +565,6 @@ ops_rolled="$(last_op kiln) / $(last_op kiln-ssa)"
 sleep 30
 check "follower: still rolled out 30s later (hash, rollout time, revision)" same "follower" "$rolled_state" "$(state_of follower)"
 check "follower-ssa: still rolled out 30s later (hash, rollout time, revision)" same "follower-ssa" "$rolled_state_ssa" "$(state_of follower-ssa)"
-synced_healthy_resource() { # app kind name
-  local got
-  got=$(resource_state "$1" "$2" "$3")
-  [[ $got == "Synced Healthy|"* ]] || { echo "$2/$3 in $1: $got"; return 1; }
-}
 check "follower: Argo CD reports it Synced and Healthy (client-side diff)" synced_healthy_resource kiln Deployment follower
 check "follower-ssa: Argo CD reports it Synced and Healthy (server-side diff)" synced_healthy_resource kiln-ssa Deployment follower-ssa
 check "Application kiln: Synced and Healthy at $rev5" synced_at kiln "$rev5" Healthy
@@ -577,7 +588,7 @@ reverted_by_self_heal() {
 }
 check_eventually 60 "follower-pinned (Git declares the hash; Argo CD's defaults): Kiln rolled it out, and self-heal put Git's value back (Deployment revision 3)" \
   reverted_by_self_heal
-check "follower-pinned-ignored (managedFieldsManagers: kiln/providerconfig, RespectIgnoreDifferences): Kiln's rollout stays" \
+check "follower-pinned-ignored (managedFieldsManagers: kiln/rollout, RespectIgnoreDifferences): Kiln's rollout stays" \
   same "hash" "$hash_rolled" "$(annotation deployment follower-pinned-ignored kiln.dev/credentials-hash-openai-main template)"
 check "follower-pinned-ignored: still Deployment revision 2" same "revision" 2 "$(annotation deployment follower-pinned-ignored deployment.kubernetes.io/revision)"
 check "Application kiln-pinned-ignored: Synced and Healthy, no self-heal" \
