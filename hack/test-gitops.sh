@@ -588,6 +588,15 @@ reverted_by_self_heal() {
 }
 check_eventually 60 "follower-pinned (Git declares the hash; Argo CD's defaults): Kiln rolled it out, and self-heal put Git's value back (Deployment revision 3)" \
   reverted_by_self_heal
+followers_reported() {
+  local got
+  got=$(kubectl -n "$ns" get providerconfig openai-main -o json |
+    jq -r '"\(.status.followersBehind) " + ([.status.followers[] | select(.name | startswith("follower-pinned")) | "\(.name)=\(.behind)"] | sort | join(" "))')
+  [ "$got" = "1 follower-pinned-ignored=false follower-pinned=true" ] || { echo "followersBehind and pinned followers: $got"; return 1; }
+}
+check_eventually 30 "Kiln reports follower-pinned behind (followersBehind 1), follower-pinned-ignored not" followers_reported
+check "Kiln does not roll follower-pinned again by itself: no restart fight (still Deployment revision 3)" \
+  same "revision" 3 "$(annotation deployment follower-pinned deployment.kubernetes.io/revision)"
 check "follower-pinned-ignored (managedFieldsManagers: kiln/rollout, RespectIgnoreDifferences): Kiln's rollout stays" \
   same "hash" "$hash_rolled" "$(annotation deployment follower-pinned-ignored kiln.dev/credentials-hash-openai-main template)"
 check "follower-pinned-ignored: still Deployment revision 2" same "revision" 2 "$(annotation deployment follower-pinned-ignored deployment.kubernetes.io/revision)"

@@ -3,7 +3,8 @@
 # formatting, clippy, unit tests, integration tests against a real control plane (built
 # from source by hack/k8s-binaries.sh and cached outside the repo; the object-store tests also
 # against a real S3 server built by hack/object-store.sh), the Argo CD health checks, the Helm
-# chart checks, and the end-to-end suite on a real node (hack/test-e2e.sh).
+# chart checks, the GitOps suite against a real Argo CD (hack/test-gitops.sh), and the
+# end-to-end suite on a real node (hack/test-e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -19,6 +20,10 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v flock >/dev/null || missing+=(util-linux)
 command -v curl >/dev/null || missing+=(curl)
 command -v go >/dev/null || missing+=(golang-go)
+command -v git >/dev/null || missing+=(git)
+command -v jq >/dev/null || missing+=(jq)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -54,6 +59,11 @@ if [ -x hack/test-chart.sh ]; then
   step "Helm chart"
   hack/test-chart.sh
 fi
+
+# Kiln synced by a real Argo CD (built once and cached like the Kubernetes binaries), with
+# the operator as a local process. Fails, never skips.
+step "GitOps with Argo CD"
+hack/test-gitops.sh
 
 # Kiln as a pod on a real node (kubelet, containerd, runc, CNI, kube-proxy), its image built
 # from the Dockerfile and installed with the chart. Needs root; fails, never skips.
