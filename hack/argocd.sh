@@ -151,11 +151,15 @@ fail() { # name message
   exit 1
 }
 
+# True while PID runs (a zombie does not count). Used for a process just launched, which may
+# not have exec'd the server yet, so `ours` cannot recognise it.
+running() { local state; state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [ -n "$state" ] && [ "$state" != Z ]; }
+
 wait_ready() { # name pid check...
   local name=$1 pid=$2; shift 2
   local deadline=$((SECONDS + ${KILN_ARGOCD_TIMEOUT:-120}))
   until "$@" >/dev/null 2>&1; do
-    ours "$pid" "$name" || fail "$name" "$name exited"
+    running "$pid" || fail "$name" "$name exited"
     [ $SECONDS -lt $deadline ] || fail "$name" "$name not ready after ${KILN_ARGOCD_TIMEOUT:-120}s"
     sleep 0.3
   done
@@ -360,10 +364,10 @@ start() {
 
   # Nothing written to disk; protected mode stays on; the password keeps out the neighbours
   # that share this loopback.
-  (cd "$adir/redis" && launch redis redis-server --bind 127.0.0.1 --port "$redis_port" \
-    --requirepass "$redis_password" --save "" --appendonly no --dir "$adir/redis")
-  pid=$(pid_of redis) || fail redis "redis-server exited"
-  wait_ready redis "$pid" redis_ok
+  # (It changes into --dir, which is how `stop` recognises it.)
+  launch redis redis-server --bind 127.0.0.1 --port "$redis_port" \
+    --requirepass "$redis_password" --save "" --appendonly no --dir "$adir/redis"
+  wait_ready redis "$launched" redis_ok
 
   install_argocd_objects "$out/crds"
 
