@@ -77,7 +77,7 @@ build() {
   local go
   # shellcheck source=hack/argocd/go-toolchain.sh
   . "$hack/argocd/go-toolchain.sh"
-  log "building Argo CD $version into $out with $("$go" env GOVERSION) (a cold build downloads ~1 GiB of modules; tens of minutes on 2 cores)"
+  log "building Argo CD $version into $out with $("$go" env GOVERSION) (a cold build downloads ~2 GiB of modules and the Go toolchain; about 15 minutes on 2 cores)"
   local start=$SECONDS
   # The committed go.sum verifies every module; -mod=readonly refuses anything not in it, so
   # the checksum database is never needed. The version is stamped as Argo CD's release does.
