@@ -15,7 +15,9 @@
 # Argo CD is built from source through the Go module proxy at the release pinned by the wrapper
 # module hack/argocd/go.mod (verified by the committed go.sum; hack/argocd/generate-go-mod.sh
 # regenerates both for another release), cached under ${KILN_CACHE:-$HOME/.cache/kiln}; a second
-# run only checks the cache. Argo CD's CRDs come from the same module (manifests/crds/).
+# run only checks the cache. Argo CD's CRDs come from the same module (manifests/crds/). Argo CD
+# 3.6 needs Go 1.27: when the Go on PATH is older, the go command fetches that toolchain itself
+# through the module proxy (hack/argocd/go-toolchain.sh).
 #
 # `start` installs those CRDs, creates the namespace `argocd` with `argocd-cm` (Kiln's health
 # checks from deploy/argocd/health, installed by running the very command docs/argocd.md gives
@@ -41,6 +43,7 @@
 #   KILN_ARGOCD_RESYNC=30   seconds between the controller's refreshes of each Application
 #                           from Git (Argo CD's default is 120; tests also request refreshes)
 #   KILN_ARGOCD_TIMEOUT=120 seconds each process may take to become ready
+#   KILN_ARGOCD_STOP_TIMEOUT=15  seconds a process gets after SIGTERM before SIGKILL
 #
 # Layout of DIR/argocd: state (ports, Redis password), bin/ (links named after each component,
 # which is how the multi-call binary knows what to run, and how `stop` recognises this DIR's
