@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs Kiln's whole test suite, installing what it needs on a fresh Debian machine:
-# formatting, clippy, unit tests, integration tests against a real control plane (built
-# from source by hack/k8s-binaries.sh and cached outside the repo; the object-store tests also
-# against a real S3 server built by hack/object-store.sh), the Argo CD health checks, the Helm
-# chart checks, and the end-to-end suite on a real node (hack/test-e2e.sh).
+# formatting, the GitHub Actions workflows (actionlint, built from source like the other
+# tools, with shellcheck), clippy, unit tests, integration tests against a real control plane
+# (built from source by hack/k8s-binaries.sh and cached outside the repo; the object-store
+# tests also against a real S3 server built by hack/object-store.sh), the Argo CD health
+# checks, the Helm chart checks, and the end-to-end suite on a real node (hack/test-e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -19,6 +20,7 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v flock >/dev/null || missing+=(util-linux)
 command -v curl >/dev/null || missing+=(curl)
 command -v go >/dev/null || missing+=(golang-go)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -38,6 +40,9 @@ hack/object-store.sh build >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "GitHub Actions workflows (actionlint)"
+hack/lint-workflows.sh
 
 step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
