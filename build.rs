@@ -30,7 +30,10 @@ fn from_env() -> Option<String> {
         return None;
     }
     // A commit id, a short one, or `unknown`: nothing that could break the version line.
-    if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
         panic!("KILN_GIT_COMMIT={value:?}: expected a commit id (letters, digits, '-', '.')");
     }
     Some(value.to_owned())

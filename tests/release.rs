@@ -31,20 +31,36 @@ fn text<'a>(doc: &'a Value, pointer: &str) -> Option<&'a str> {
 /// Every broken link of the chain, one line each naming the file to fix; empty when it holds.
 fn chain_problems(version: &str, chart: &Value, values: &Value, workflow: &Value) -> Vec<String> {
     let expect = |what: String, found: Option<&str>, want: &str| {
-        (found != Some(want)).then(|| format!("{what} is {found:?}, expected {want:?}"))
+        (found != Some(want)).then(|| match found {
+            Some(found) => format!("{what} is {found:?}, expected {want:?}"),
+            None => format!("{what} is missing (or not a string), expected {want:?}"),
+        })
     };
     let mut problems: Vec<String> = Vec::new();
     // The chart is released with the operator, from the same tag: one version for both.
-    problems.extend(expect(format!("{CHART} version"), text(chart, "/version"), version));
-    problems.extend(expect(format!("{CHART} appVersion"), text(chart, "/appVersion"), version));
+    problems.extend(expect(
+        format!("{CHART} version"),
+        text(chart, "/version"),
+        version,
+    ));
+    problems.extend(expect(
+        format!("{CHART} appVersion"),
+        text(chart, "/appVersion"),
+        version,
+    ));
     // The default image tag is appVersion (templates/_helpers.tpl) unless values set one.
     let tag = text(values, "/image/tag");
     if tag != Some("") && tag != Some(version) {
         problems.push(format!(
-            "{VALUES} image.tag is {tag:?}: leave it \"\" (the chart's appVersion) or set {version:?}"
+            "{VALUES} image.tag is {}: leave it \"\" (the chart's appVersion) or set {version:?}",
+            tag.map_or("missing".to_owned(), |t| format!("{t:?}"))
         ));
     }
-    problems.extend(expect(format!("{VALUES} image.digest"), text(values, "/image/digest"), ""));
+    problems.extend(expect(
+        format!("{VALUES} image.digest"),
+        text(values, "/image/digest"),
+        "",
+    ));
     let repository = text(values, "/image/repository").unwrap_or_default();
     problems.extend(expect(
         format!("{WORKFLOW} env.IMAGE (where the release pushes the image)"),
@@ -53,7 +69,9 @@ fn chain_problems(version: &str, chart: &Value, values: &Value, workflow: &Value
     ));
     let tags = workflow.pointer("/on/push/tags");
     if tags != Some(&serde_json::json!(["v*"])) {
-        problems.push(format!("{WORKFLOW} on.push.tags is {tags:?}, expected [\"v*\"]"));
+        problems.push(format!(
+            "{WORKFLOW} on.push.tags is {tags:?}, expected [\"v*\"]"
+        ));
     }
     problems.extend(tag_gate_problems(workflow));
     problems
@@ -72,7 +90,11 @@ fn tag_gate_problems(workflow: &Value) -> Vec<String> {
                 && text(step, "/env/KILN_RELEASE_TAG") == Some("${{ github.ref_name }}")
         })
     };
-    let gates: Vec<&String> = jobs.iter().filter(|(_, j)| checks_tag(j)).map(|(n, _)| n).collect();
+    let gates: Vec<&String> = jobs
+        .iter()
+        .filter(|(_, j)| checks_tag(j))
+        .map(|(n, _)| n)
+        .collect();
     let [gate] = gates[..] else {
         return vec![format!(
             "{WORKFLOW}: expected one job with a step `run: {TAG_CHECK}` and \
@@ -82,7 +104,10 @@ fn tag_gate_problems(workflow: &Value) -> Vec<String> {
     let needs = |name: &str| -> Vec<String> {
         match jobs.get(name).and_then(|j| j.get("needs")) {
             Some(Value::String(one)) => vec![one.clone()],
-            Some(Value::Array(many)) => many.iter().filter_map(|n| n.as_str().map(String::from)).collect(),
+            Some(Value::Array(many)) => many
+                .iter()
+                .filter_map(|n| n.as_str().map(String::from))
+                .collect(),
             _ => Vec::new(),
         }
     };
@@ -97,7 +122,9 @@ fn tag_gate_problems(workflow: &Value) -> Vec<String> {
             }
         }
         if !seen.contains(gate) {
-            problems.push(format!("{WORKFLOW}: job {name} does not need job {gate} (the tag check)"));
+            problems.push(format!(
+                "{WORKFLOW}: job {name} does not need job {gate} (the tag check)"
+            ));
         }
     }
     problems
@@ -106,14 +133,21 @@ fn tag_gate_problems(workflow: &Value) -> Vec<String> {
 /// Why `tag` cannot release crate version `version`, if it cannot.
 fn tag_problem(tag: &str, version: &str) -> Option<String> {
     (tag != format!("v{version}")).then(|| {
-        format!("the tag {tag:?} does not release Kiln {version}: the tag must be \"v{version}\" (Cargo.toml's version)")
+        format!(
+            "the tag {tag:?} does not release Kiln {version}: \
+             the tag must be \"v{version}\" (Cargo.toml's version)"
+        )
     })
 }
 
 #[test]
 fn the_crate_chart_image_and_workflow_versions_agree() {
     let problems = chain_problems(VERSION, &yaml(CHART), &yaml(VALUES), &yaml(WORKFLOW));
-    assert!(problems.is_empty(), "the release chain is broken:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "the release chain is broken:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 /// The release workflow's gate: with `KILN_RELEASE_TAG` set, it must be `v` + the crate version.
@@ -132,7 +166,16 @@ fn the_release_tag_is_v_and_the_crate_version() {
 fn a_tag_must_be_v_and_the_exact_version() {
     assert_eq!(tag_problem("v1.2.3", "1.2.3"), None);
     assert_eq!(tag_problem("v1.2.3-rc.1", "1.2.3-rc.1"), None);
-    for tag in ["1.2.3", "v1.2.4", "v1.2.3-rc.1", "v1.2", "V1.2.3", "v1.2.3 ", "release-1.2.3", ""] {
+    for tag in [
+        "1.2.3",
+        "v1.2.4",
+        "v1.2.3-rc.1",
+        "v1.2",
+        "V1.2.3",
+        "v1.2.3 ",
+        "release-1.2.3",
+        "",
+    ] {
         let problem = tag_problem(tag, "1.2.3").unwrap_or_else(|| panic!("{tag:?} was accepted"));
         assert!(problem.contains("\"v1.2.3\""), "{problem}");
     }
@@ -144,13 +187,41 @@ fn a_drifted_link_breaks_the_chain() {
     let (chart, values, workflow) = (yaml(CHART), yaml(VALUES), yaml(WORKFLOW));
     type Edit = fn(&mut Value, &mut Value, &mut Value);
     let cases: [(&str, Edit, &str); 9] = [
-        ("crate version bumped alone", |_, _, _| {}, "Chart.yaml version"),
-        ("chart version", |c, _, _| c["version"] = "9.9.9".into(), "Chart.yaml version"),
-        ("appVersion", |c, _, _| c["appVersion"] = "9.9.9".into(), "Chart.yaml appVersion"),
-        ("values tag", |_, v, _| v["image"]["tag"] = "latest".into(), "image.tag"),
-        ("values digest", |_, v, _| v["image"]["digest"] = "sha256:00".into(), "image.digest"),
-        ("image repository", |_, v, _| v["image"]["repository"] = "example.org/kiln".into(), "env.IMAGE"),
-        ("workflow trigger", |_, _, w| w["on"]["push"]["tags"] = serde_json::json!(["*"]), "on.push.tags"),
+        (
+            "crate version bumped alone",
+            |_, _, _| {},
+            "Chart.yaml version",
+        ),
+        (
+            "chart version",
+            |c, _, _| c["version"] = "9.9.9".into(),
+            "Chart.yaml version",
+        ),
+        (
+            "appVersion",
+            |c, _, _| c["appVersion"] = "9.9.9".into(),
+            "Chart.yaml appVersion",
+        ),
+        (
+            "values tag",
+            |_, v, _| v["image"]["tag"] = "latest".into(),
+            "image.tag",
+        ),
+        (
+            "values digest",
+            |_, v, _| v["image"]["digest"] = "sha256:00".into(),
+            "image.digest",
+        ),
+        (
+            "image repository",
+            |_, v, _| v["image"]["repository"] = "example.org/kiln".into(),
+            "env.IMAGE",
+        ),
+        (
+            "workflow trigger",
+            |_, _, w| w["on"]["push"]["tags"] = serde_json::json!(["*"]),
+            "on.push.tags",
+        ),
         (
             "tag check removed",
             |_, _, w| w["jobs"]["version"]["steps"] = serde_json::json!([]),
@@ -165,8 +236,15 @@ fn a_drifted_link_breaks_the_chain() {
     for (name, edit, expected) in cases {
         let (mut c, mut v, mut w) = (chart.clone(), values.clone(), workflow.clone());
         edit(&mut c, &mut v, &mut w);
-        let version = if name.starts_with("crate") { "9.9.9" } else { VERSION };
+        let version = if name.starts_with("crate") {
+            "9.9.9"
+        } else {
+            VERSION
+        };
         let problems = chain_problems(version, &c, &v, &w).join("\n");
-        assert!(problems.contains(expected), "{name}: expected a problem with {expected:?}, got:\n{problems}");
+        assert!(
+            problems.contains(expected),
+            "{name}: expected a problem with {expected:?}, got:\n{problems}"
+        );
     }
 }

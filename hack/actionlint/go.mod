@@ -1,3 +1,5 @@
+// Wrapper module that pins actionlint for hack/lint-workflows.sh; go.sum verifies its
+// dependencies.
 module kiln.dev/hack/actionlint
 
 go 1.25.0
