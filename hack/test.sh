@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs Kiln's whole test suite, installing what it needs on a fresh Debian machine:
-# formatting, clippy, unit tests, integration tests against a real control plane (built
-# from source by hack/k8s-binaries.sh and cached outside the repo; the object-store tests also
-# against a real S3 server built by hack/object-store.sh), the Argo CD health checks, the Helm
-# chart checks, the GitOps suite against a real Argo CD (hack/test-gitops.sh), and the
-# end-to-end suite on a real node (hack/test-e2e.sh).
+# formatting, the GitHub Actions workflows (actionlint, built from source like the other
+# tools, with shellcheck), clippy, unit tests, integration tests against a real control plane
+# (built from source by hack/k8s-binaries.sh and cached outside the repo; the object-store
+# tests also against a real S3 server built by hack/object-store.sh), the Argo CD health
+# checks, the Helm chart checks, the GitOps suite against a real Argo CD
+# (hack/test-gitops.sh), and the end-to-end suite on a real node (hack/test-e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -24,6 +25,7 @@ command -v git >/dev/null || missing+=(git)
 command -v jq >/dev/null || missing+=(jq)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -43,6 +45,9 @@ hack/object-store.sh build >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "GitHub Actions workflows (actionlint)"
+hack/lint-workflows.sh
 
 step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
