@@ -15,8 +15,12 @@ COPY Cargo.toml Cargo.lock ./
 RUN --mount=type=cache,id=kiln-cargo-registry,target=/usr/local/cargo/registry \
     mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo fetch --locked
+COPY build.rs ./
 COPY src ./src
 COPY schemas ./schemas
+# The commit `kiln version` reports: .git is not in the build context (.dockerignore), so the
+# builder passes it (hack/image.sh and the release workflow do); without it, "unknown".
+ARG KILN_GIT_COMMIT=
 RUN --mount=type=cache,id=kiln-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=kiln-target,target=/src/target \
     cargo build --release --locked --bin kiln \

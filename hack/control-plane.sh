@@ -15,6 +15,9 @@
 #   KILN_ETCD_FSYNC=1         keep etcd's fsync on (benchmarks); tests run with --unsafe-no-fsync
 #   KILN_CP_TIMEOUT=120       seconds each component may take to become ready
 #   KILN_CP_STOP_TIMEOUT=15   seconds a component gets after SIGTERM before SIGKILL
+#   KILN_CP_EXTRA_CONTROLLERS more kube-controller-manager controllers, comma-separated (the
+#                             GitOps suite adds deployment-controller,replicaset-controller so
+#                             that Deployments report status and Argo CD can judge their health)
 #
 # Layout of DIR: kubeconfig (cluster-admin, certificates embedded), ports (a sourceable env
 # file), pids ("name pid" lines), pki/ (CA, serving and client certificates, the
@@ -402,7 +405,7 @@ start() {
   # nothing (no port to pick, no serving cert); we judge it by its work instead.
   launch kube-controller-manager "$bin/kube-controller-manager" \
     --kubeconfig="$dir/kubeconfig" \
-    --controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller \
+    --controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,clusterrole-aggregation-controller${KILN_CP_EXTRA_CONTROLLERS:+,$KILN_CP_EXTRA_CONTROLLERS} \
     --leader-elect=false \
     --bind-address=127.0.0.1 \
     --secure-port=0 \

@@ -19,7 +19,16 @@
 #   KILN_IMAGE        the reference to build (default localhost/kiln:dev)
 #   KILN_CACHE        cache root (default ~/.cache/kiln): buildah's storage, base rootfs
 #   KILN_IMAGE_BASES  "upstream" to build with the Dockerfile's default bases (needs a registry)
+#   KILN_IMAGE_ARCHIVE  also write the image to this file, a docker-archive tar, for a cluster
+#                     other than hack/node.sh's: `kind load image-archive`, `minikube image
+#                     load`, `docker load`, `skopeo copy` to a registry (docs/install.md)
+#
+# The commit that `kiln version` reports in the image is this checkout's HEAD (a build
+# argument: .git is not in the build context).
 set -euo pipefail
+# Before the cd below: a relative KILN_IMAGE_ARCHIVE is relative to the caller's directory.
+archive=
+[ -z "${KILN_IMAGE_ARCHIVE:-}" ] || archive=$(realpath -m -- "$KILN_IMAGE_ARCHIVE")
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
@@ -175,7 +184,13 @@ fi
 build_client_image
 flock -u 8
 
-log "building $image from Dockerfile (buildah, chroot isolation, vfs storage)"
+commit=unknown
+if [ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$(pwd -P)" ]; then
+  commit=$(git rev-parse --short HEAD)
+fi
+build_args+=(--build-arg "KILN_GIT_COMMIT=$commit")
+
+log "building $image from Dockerfile at commit $commit (buildah, chroot isolation, vfs storage)"
 bah bud --quiet --isolation chroot --layers=false "${build_args[@]}" \
   -f "$repo/Dockerfile" -t "$image" "$repo" >&2
 log "built in $((SECONDS - t0))s"
@@ -184,6 +199,12 @@ log "built in $((SECONDS - t0))s"
 size=$(bah images --noheading --format '{{.Size}}' "$image" | head -n1)
 size="$size ($(numfmt --from=si "$(tr -d ' B' <<<"$size")") bytes)"
 log "size of $image: $size"
+
+if [ -n "$archive" ]; then
+  rm -f "$archive"
+  bah push --quiet "$image" "docker-archive:$archive:$image" >/dev/null
+  log "wrote $image to $archive (docker-archive, $(du -h "$archive" | cut -f1))"
+fi
 
 load "$client_image"
 load "$image"

@@ -7,9 +7,22 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::workspace::Limits;
 
+/// The commit Kiln was built from: a short git commit id, or `unknown` for a build outside a
+/// git checkout that was not given `KILN_GIT_COMMIT` (see build.rs).
+pub const GIT_COMMIT: &str = env!("KILN_GIT_COMMIT");
+
+/// What `kiln version` and `kiln --version` print after the name: the crate version, which is
+/// also the chart's appVersion and the image tag of a release, and the commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KILN_GIT_COMMIT"),
+    ")"
+);
+
 /// Kiln: configuration with a lifecycle, inside the cluster.
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about)]
+#[command(name = "kiln", version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -30,7 +43,7 @@ pub enum Command {
     /// Roll a resource back to an earlier revision.
     #[command(subcommand)]
     Rollback(RollbackCommand),
-    /// Print the version.
+    /// Print the version and the git commit Kiln was built from.
     Version,
 }
 

@@ -58,7 +58,7 @@ async fn main() -> ExitCode {
             namespace,
         }) => kiln::rollback::draft(&name, to_revision, namespace.as_deref()).await,
         Command::Version => {
-            println!("kiln {}", env!("CARGO_PKG_VERSION"));
+            println!("kiln {}", kiln::cli::VERSION);
             Ok(())
         }
     };

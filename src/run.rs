@@ -20,6 +20,11 @@ use crate::metrics::Metrics;
 use crate::nudge::Nudge;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        commit = crate::cli::GIT_COMMIT,
+        "starting kiln"
+    );
     // TLS for the listener uses the same ring provider that kube's client already links.
     let _ = rustls::crypto::ring::default_provider().install_default();
 

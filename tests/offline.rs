@@ -1,5 +1,5 @@
 //! `kiln validate` and `kiln render` as a CI pipeline runs them: the built binary, the
-//! repository's examples, exit codes, stdin. No cluster.
+//! repository's examples, exit codes, stdin; and `kiln version`. No cluster.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -147,4 +147,42 @@ fn render_takes_sources_from_files_and_fails_on_a_problem() {
         "{}",
         text(&run.stdout)
     );
+}
+
+/// `kiln version` (and `--version`) names the crate version, which is the chart's appVersion
+/// and a release's image tag, and the commit the binary was built from.
+#[test]
+fn version_prints_the_crate_version_and_the_commit() {
+    let commit = env!("KILN_GIT_COMMIT");
+    let expected = format!("kiln {} (commit {commit})\n", env!("CARGO_PKG_VERSION"));
+    for args in [&["version"][..], &["--version"][..]] {
+        let run = kiln(args, "");
+        assert!(run.status.success(), "kiln {args:?}: {}", text(&run.stderr));
+        assert_eq!(text(&run.stdout), expected, "kiln {args:?}");
+    }
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "not a commit id: {commit:?}"
+    );
+    // Built in this checkout without KILN_GIT_COMMIT (as `cargo test` is): HEAD's commit.
+    // Outside a git checkout of Kiln (a source tarball) there is nothing to compare with.
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| text(&o.stdout).trim().to_owned())
+    };
+    let top = git(&["rev-parse", "--show-toplevel"]).map(PathBuf::from);
+    let ours = top.and_then(|t| t.canonicalize().ok())
+        == Path::new(env!("CARGO_MANIFEST_DIR")).canonicalize().ok();
+    if std::env::var_os("KILN_GIT_COMMIT").is_none() && ours {
+        let head = git(&["rev-parse", "HEAD"]).expect("git rev-parse HEAD");
+        assert!(
+            head.starts_with(commit),
+            "kiln says commit {commit}, HEAD is {head}"
+        );
+    }
 }

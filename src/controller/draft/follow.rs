@@ -30,6 +30,11 @@ pub struct Following {
     pub rolled: Vec<String>,
 }
 
+/// Whether the status carries rollout state or followers that a reconcile must build on.
+pub fn has_state(status: &DraftStatus) -> bool {
+    status.rollout.is_some() || !status.followers.is_empty()
+}
+
 /// Whether going from `before` to `now` is a change followers must see.
 pub fn is_new_content(before: Option<&PublishedRevision>, now: &PublishedRevision) -> bool {
     before.is_some_and(|b| b.revision != now.revision && b.hash != now.hash)

@@ -233,6 +233,12 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>, workloads: Index) -> Re
     let mut desired = status::build(&draft, &current, &verdict, outcome.as_ref(), &life, now);
     let following = match (published_name(&draft), desired.published.clone()) {
         (Some(name), Some(published)) => {
+            // Rollout decisions build on the last status written: one made from a cached copy
+            // that has not seen Kiln's own last write would forget a rollout just done (and
+            // could repeat it). Checked only for drafts with rollout state, a few.
+            if follow::has_state(&current) && is_stale(&drafts, &draft).await? {
+                return Ok(Action::requeue(STALE_RETRY));
+            }
             Some(follow::follow(&ctx, &workloads, &ns, &name, &current, &published, now).await?)
         }
         _ => None,
