@@ -38,7 +38,7 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&
 
 # Every Go-built server and tool the steps below need, built from source (cached outside the
 # repository; a warm run only checks the caches) in the background, one after the other in
-# the order the steps need them, at the lowest CPU priority. Cold, these builds take over an
+# the order the steps need them, at a low CPU priority (nice 10). Cold, these builds take over an
 # hour of CPU; this way they use what the Rust builds and the tests leave idle (module
 # downloads, single-threaded link and codegen phases, tests waiting on timers and the API
 # server) instead of adding their whole time. Each step still calls its own build script,
@@ -46,7 +46,7 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&
 # retried there, in the foreground, and fails that step. Its own session, so that it is
 # stopped as a whole if this script ends first.
 prebuild_log=$(mktemp "${TMPDIR:-/tmp}/kiln-prebuild.XXXXXX")
-setsid nice -n 19 bash -c '
+setsid nice -n 10 bash -c '
   hack/k8s-binaries.sh >/dev/null
   hack/object-store.sh build >/dev/null
   hack/argocd.sh build >/dev/null
