@@ -17,6 +17,12 @@ set -euo pipefail
 hack=$(cd "$(dirname "$0")" && pwd)
 ver() { awk -v m="$2" '$1 == m && $2 ~ /^v/ {print $2; exit}' "$hack/$1/go.mod"; }
 k8s_version=$(ver k8s k8s.io/kubernetes)
+# The node is built for the default release only; a kubelet newer than the API server it
+# joins is not supported, so refuse rather than mix releases.
+if [ -n "${KILN_K8S_VERSION:-}" ] && [ "$KILN_K8S_VERSION" != "$k8s_version" ]; then
+  echo "node-binaries: the node is built for the default release $k8s_version only, not KILN_K8S_VERSION=$KILN_K8S_VERSION" >&2
+  exit 1
+fi
 containerd_version=$(ver node/containerd github.com/containerd/containerd/v2)
 runc_version=$(ver node/runc github.com/opencontainers/runc)
 cni_version=$(ver node/cni github.com/containernetworking/plugins)

@@ -34,9 +34,11 @@ for t in python3 openssl; do
 done
 
 chart=charts/kiln
-# Render for the oldest Kubernetes the chart supports (Chart.yaml kubeVersion). `helm
-# template` needs it explicitly: without a cluster it assumes a built-in default version.
-kube_version=1.33.0
+# Render for the oldest Kubernetes the chart supports (Chart.yaml kubeVersion, ">=1.<minor>.0-0").
+# `helm template` needs it explicitly: without a cluster it assumes a built-in default version.
+min_minor=$(sed -n 's/^kubeVersion: *">=1\.\([0-9][0-9]*\)\.0-0" *$/\1/p' "$chart/Chart.yaml")
+[ -n "$min_minor" ] || { echo "test-chart: $chart/Chart.yaml has no kubeVersion of the form \">=1.<minor>.0-0\"" >&2; exit 1; }
+kube_version=1.$min_minor.0
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kiln-chart.XXXXXX")
 cp_dir=$work/control-plane
@@ -693,8 +695,8 @@ if out=$(render "$work/no-rbac.yaml" kiln kiln-system --set rbac.create=false --
 else
   fail "helm template --set rbac.create=false" "$out"
 fi
-must_fail "Kubernetes 1.32 is refused (kubeVersion >=1.33.0-0)" "incompatible with Kubernetes" \
-  helm template kiln "$chart" --kube-version 1.32.9
+must_fail "Kubernetes 1.$((min_minor - 1)) is refused (kubeVersion >=1.$min_minor.0-0)" "incompatible with Kubernetes" \
+  helm template kiln "$chart" --kube-version "1.$((min_minor - 1)).9"
 
 # --- 4. schema --------------------------------------------------------------------------------
 section "values.schema.json and value checks"

@@ -1,24 +1,53 @@
 #!/usr/bin/env bash
-# Regenerates hack/k8s/go.mod and go.sum for a Kubernetes release.
+# Writes the wrapper modules (go.mod and go.sum) that hack/k8s-binaries.sh builds one
+# Kubernetes release from: one for Kubernetes itself (kube-apiserver, kube-controller-manager,
+# kubectl, and etcd at the version that release requires) and one for its helm.
 #
 # k8s.io/kubernetes requires its staging modules at v0.0.0 and resolves them through
 # replace directives into its own ./staging tree; a depending module does not inherit
-# those replaces and v0.0.0 does not exist on the module proxy. So this wrapper module
+# those replaces and v0.0.0 does not exist on the module proxy. So the Kubernetes module
 # pins every staging module the release requires at v0.0.0 to the matching v0.<minor>.<patch>.
 # The list is read from the release's own go.mod, never maintained by hand.
 #
-# Usage: hack/k8s/generate-go-mod.sh v1.35.4
+# helm is the newest helm v3 release built against the same Kubernetes minor (its go.mod
+# requires k8s.io/client-go v0.<minor>.*), unless one is named. It gets a module of its own:
+# in the Kubernetes module the staging replaces would force their versions onto helm.
+#
+# Where the files go:
+#   the default version (the one hack/k8s/go.mod names) -> hack/k8s/ and hack/helm/
+#   any other version                                   -> hack/k8s/<version>/ and hack/k8s/<version>/helm/
+#
+# Usage: hack/k8s/generate-go-mod.sh v1.X.Y [helm-version]
+#        hack/k8s/generate-go-mod.sh --default v1.X.Y [helm-version]   (make v1.X.Y the default)
 set -euo pipefail
-version=${1:?usage: $0 v1.X.Y}
 here=$(cd "$(dirname "$0")" && pwd)
+hack=$(dirname "$here")
+make_default=
+if [ "${1:-}" = --default ]; then make_default=1; shift; fi
+version=${1:?usage: $0 [--default] v1.X.Y [helm-version]}
+helm_version=${2:-}
+[[ $version =~ ^v1\.[0-9]+\.[0-9]+$ ]] || { echo "not a Kubernetes release: $version" >&2; exit 1; }
+minor=${version#v1.}; minor=${minor%%.*}
 staging_version="v0.${version#v1.}"
+
+default_version=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/go.mod" 2>/dev/null || true)
+if [ -n "$make_default" ] || [ "$version" = "$default_version" ]; then
+  k8s_dir=$here helm_dir=$hack/helm
+else
+  k8s_dir=$here/$version helm_dir=$here/$version/helm
+fi
+mkdir -p "$k8s_dir" "$helm_dir"
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 # The checksum database is not reachable from every build machine; the hashes written to
 # go.sum here come from the module proxy and are verified against go.sum on every later build.
 export GOSUMDB=${GOSUMDB:-off}
 
-modfile=$(go mod download -json "k8s.io/kubernetes@${version}" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+gomod() { # module@version -> path of its go.mod in the module cache (fetches only the go.mod)
+  go list -m -json "$1" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p'
+}
+
+modfile=$(gomod "k8s.io/kubernetes@${version}")
 staging=$(awk '/^require|^\t/ && $2 == "v0.0.0" {print $1}' "$modfile" | sort -u)
 
 {
@@ -42,7 +71,37 @@ staging=$(awk '/^require|^\t/ && $2 == "v0.0.0" {print $1}' "$modfile" | sort -u
   echo "replace ("
   for m in $staging; do echo "	$m => $m ${staging_version}"; done
   echo ")"
-} > "$here/go.mod"
-rm -f "$here/go.sum"
-(cd "$here" && go mod tidy)
-echo "wrote $here/go.mod with $(echo "$staging" | wc -l) staging replaces" >&2
+} > "$k8s_dir/go.mod"
+rm -f "$k8s_dir/go.sum"
+(cd "$k8s_dir" && go mod tidy)
+echo "wrote $k8s_dir/go.mod: Kubernetes $version with $(echo "$staging" | wc -l) staging replaces" >&2
+
+if [ -z "$helm_version" ]; then
+  for v in $(go list -m -versions helm.sh/helm/v3 | tr ' ' '\n' | grep -E '^v3\.[0-9]+\.[0-9]+$' | sort -rV); do
+    client_go=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$(gomod "helm.sh/helm/v3@$v")")
+    case $client_go in
+      "v0.${minor}."*) helm_version=$v; break ;;
+    esac
+    # Releases are sorted newest first: once helm is built against an older minor, no
+    # later candidate can match.
+    c=${client_go#v0.}; c=${c%%.*}
+    if [ "$c" -lt "$minor" ]; then break; fi
+  done
+  [ -n "$helm_version" ] || {
+    echo "no helm v3 release is built against Kubernetes 1.${minor}; name one: $0 $version v3.X.Y" >&2
+    exit 1
+  }
+fi
+{
+  echo "// Wrapper module that pins helm for hack/k8s-binaries.sh; go.sum verifies its dependencies."
+  echo "module kiln.dev/hack/helm"
+  echo
+  echo "go $(awk '$1 == "go" {print $2; exit}' "$(gomod "helm.sh/helm/v3@${helm_version}")")"
+  echo
+  echo "require helm.sh/helm/v3 ${helm_version}"
+  echo
+  echo "tool helm.sh/helm/v3/cmd/helm"
+} > "$helm_dir/go.mod"
+rm -f "$helm_dir/go.sum"
+(cd "$helm_dir" && go mod tidy)
+echo "wrote $helm_dir/go.mod: helm $helm_version" >&2

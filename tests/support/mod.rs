@@ -29,6 +29,9 @@ pub struct ControlPlane {
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub bin: PathBuf,
+    /// What `kubectl apply` of `crds/` printed on stderr when this control plane was new: the
+    /// API server's warnings about the CRDs, if it had any.
+    pub crd_apply_stderr: String,
 }
 
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
@@ -90,18 +93,20 @@ pub fn control_plane() -> &'static ControlPlane {
             start.elapsed().as_secs_f64(),
             dir.display()
         );
-        let cp = ControlPlane {
+        let mut cp = ControlPlane {
             kubeconfig: dir.join("kubeconfig"),
             dir,
             bin,
+            crd_apply_stderr: String::new(),
         };
-        cp.kubectl(&[
+        let applied = cp.kubectl(&[
             "apply",
             "--server-side",
             "-f",
             repo().join("crds").to_str().unwrap_or("crds"),
-        ])
-        .success();
+        ]);
+        cp.crd_apply_stderr = applied.stderr.clone();
+        applied.success();
         cp.kubectl(&[
             "wait",
             "--for=condition=Established",

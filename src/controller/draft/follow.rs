@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use tracing::info;
 
 use crate::api::common::FollowerStatus;
@@ -38,6 +38,20 @@ pub fn has_state(status: &DraftStatus) -> bool {
 /// Whether going from `before` to `now` is a change followers must see.
 pub fn is_new_content(before: Option<&PublishedRevision>, now: &PublishedRevision) -> bool {
     before.is_some_and(|b| b.revision != now.revision && b.hash != now.hash)
+}
+
+/// Whether `current` records a debounce window that has closed by `now`: the reconcile that
+/// sees it rolls the followers out (or finds them rolled out) and clears it.
+pub fn window_closed(current: &DraftStatus, debounce: SignedDuration, now: Timestamp) -> bool {
+    let Some(since) = current
+        .rollout
+        .as_ref()
+        .and_then(|r| r.pending_since.as_ref())
+    else {
+        return false;
+    };
+    let due = since.0.checked_add(debounce).unwrap_or(now);
+    now >= due
 }
 
 pub async fn follow(
@@ -132,5 +146,24 @@ mod tests {
         assert!(is_new_content(Some(&rev(3, "b")), &rev(4, "a")));
         // A new revision of identical content (a configId taken over): nothing to restart.
         assert!(!is_new_content(Some(&rev(3, "b")), &rev(4, "b")));
+    }
+
+    #[test]
+    fn a_window_is_closed_from_its_start_plus_the_debounce() {
+        let start = Timestamp::from_second(1_000).expect("time");
+        let debounce = SignedDuration::from_secs(30);
+        let pending = |since: Option<Timestamp>| DraftStatus {
+            rollout: Some(ConfigRolloutStatus {
+                pending_since: since.map(Time),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let at = |s| Timestamp::from_second(s).expect("time");
+        assert!(!window_closed(&DraftStatus::default(), debounce, at(5_000)));
+        assert!(!window_closed(&pending(None), debounce, at(5_000)));
+        assert!(!window_closed(&pending(Some(start)), debounce, at(1_029)));
+        assert!(window_closed(&pending(Some(start)), debounce, at(1_030)));
+        assert!(window_closed(&pending(Some(start)), debounce, at(5_000)));
     }
 }

@@ -188,6 +188,15 @@ async fn reconcile(draft: Arc<Draft>, ctx: Arc<Context>, workloads: Index) -> Re
         return expire(&ctx, &drafts, &draft, &current, &life, now).await;
     }
 
+    // A rollout window that has closed is acted on from the status's record of it. If Kiln's
+    // own write that recorded the rollout has not reached the cache yet (the followers'
+    // watch can wake this draft first), this copy would close the window again, roll
+    // nothing, and write the record of that rollout away.
+    let debounce = super::followers::debounce(&ctx);
+    if follow::window_closed(&current, debounce, now) && is_stale(&drafts, &draft).await? {
+        return Ok(Action::requeue(STALE_RETRY));
+    }
+
     let config = cache::config(&draft)?;
     let objects = Cluster::namespaced(&ctx.client, &ns);
     let verdict = schema::check(&objects, &draft.spec, &config).await?;
