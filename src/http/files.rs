@@ -234,23 +234,23 @@ impl FileApi {
 /// The path parameters of the file routes (`path` only on `files/{*path}`).
 #[derive(Debug, Deserialize)]
 pub struct Params {
-    ns: String,
-    name: String,
+    pub(super) ns: String,
+    pub(super) name: String,
     #[serde(default)]
-    path: Option<String>,
+    pub(super) path: Option<String>,
 }
 
-type PathParams = Result<Path<Params>, PathRejection>;
+pub(super) type PathParams = Result<Path<Params>, PathRejection>;
 
 /// The request's path parameters, or 400 (a percent-encoding that is not UTF-8, say).
-fn params(params: PathParams) -> Result<Params, ApiError> {
+pub(super) fn params(params: PathParams) -> Result<Params, ApiError> {
     params
         .map(|Path(p)| p)
         .map_err(|e| ApiError::validation(e.body_text()))
 }
 
 /// A file's path from the URL or a JSON body, or 400 naming the rule it breaks.
-fn job_path(path: &str) -> Result<JobPath, ApiError> {
+pub(super) fn job_path(path: &str) -> Result<JobPath, ApiError> {
     JobPath::parse(path).map_err(|e| workspace::Error::invalid_path(path, e).into())
 }
 
