@@ -87,7 +87,7 @@ fn fuzz_archives() {
     let outside = tempfile::tempdir().expect("a temporary directory");
     let secret = outside.path().join("secret");
     fs::write(&secret, b"SECRET OUTSIDE THE WORKSPACE").expect("write the secret");
-    run("archive", 24, tree(), |tree| {
+    run("archive", 12, tree(), |tree| {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let ws = Workspace::open(dir.path().join("ws"), Limits::default()).expect("workspace");
         let job = JobKey::new("fuzz", "archive-job").expect("job key");

@@ -570,10 +570,27 @@ pub async fn download(
     };
     // Before answering 304 too: a client holding the archive the status still names must not
     // be told it is current while its files are being replaced.
-    let freshness = api
+    let mut freshness = api
         .workspace
         .archive_freshness(&target.key)
         .map_err(missing.clone())?;
+    if freshness == Freshness::Found {
+        // Found on disk at start-up: served only once its sha256 is the status's (a process
+        // killed between renaming a rebuilt archive into place and writing the status leaves
+        // a newer archive under the older sha256). Hashed once; it is current afterwards.
+        let (ws, key) = (api.workspace.clone(), target.key.clone());
+        let (sha256, location) = (archive.sha256.clone(), archive.location.clone());
+        let on_err = missing.clone();
+        freshness = blocking(move || {
+            ws.verify_found_archive(&key, &sha256, location)
+                .and_then(|_| ws.archive_freshness(&key))
+                .map_err(on_err)
+        })
+        .await?;
+        if freshness == Freshness::Found {
+            freshness = Freshness::Stale;
+        }
+    }
     serves(&freshness, &archive.sha256, &job)?;
     if etag_matches(&headers, &archive.sha256) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());

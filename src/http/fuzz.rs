@@ -391,7 +391,7 @@ fn fuzz_file_api_listing() {
     let token = prop_oneof![4 => Just(None), 1 => "[A-Za-z0-9_=+/-]{0,12}".prop_map(Some)];
     run(
         "file-api-listing",
-        512,
+        256,
         (files, limit, prefix, token),
         |(files, limit, prefix, token)| {
             let infos: Vec<FileInfo> = files
