@@ -94,7 +94,10 @@ pub fn parse(s: &str) -> Result<SignedDuration, DurationError> {
     };
 
     let mut i = 0;
-    let mut total: i128 = 0;
+    // `None` once the sum overflowed. Parsing goes on to the end regardless: a malformed
+    // string is a syntax error however large its numbers (found by the duration fuzz target:
+    // `47300000000000000000000000h0` was reported as too large, not as missing a unit).
+    let mut total: Option<i128> = Some(0);
     while i < bytes.len() {
         let whole = digits(bytes, i);
         if whole.is_empty() {
@@ -124,10 +127,11 @@ pub fn parse(s: &str) -> Result<SignedDuration, DurationError> {
         };
         i += width;
 
-        let component = component_nanos(whole, fraction, unit).ok_or_else(overflow)?;
-        total = total.checked_add(component).ok_or_else(overflow)?;
+        total = total.and_then(|t| t.checked_add(component_nanos(whole, fraction, unit)?));
     }
-    SignedDuration::try_from_nanos_i128(total).ok_or_else(overflow)
+    total
+        .and_then(SignedDuration::try_from_nanos_i128)
+        .ok_or_else(overflow)
 }
 
 /// Parses a TTL or retention: [`parse`], then refuses anything shorter than [`MIN_TTL`].
@@ -365,6 +369,29 @@ mod tests {
             }
         ));
         assert_eq!(parse(""), Err(DurationError::Empty));
+    }
+
+    #[test]
+    fn a_malformed_string_is_a_syntax_error_however_large() {
+        // Regression (duration fuzz target): the overflow of the first component was reported
+        // before the missing unit of the second.
+        assert_eq!(
+            parse("47300000000000000000000000h0"),
+            Err(DurationError::Syntax {
+                input: "47300000000000000000000000h0".into(),
+                offset: 28,
+                expected: "a unit (h, m, s or ms)",
+                found: None,
+            })
+        );
+        assert!(matches!(
+            parse("47300000000000000000000000h1x"),
+            Err(DurationError::Syntax { offset: 28, .. })
+        ));
+        assert!(matches!(
+            parse("47300000000000000000000000h1s"),
+            Err(DurationError::Overflow { .. })
+        ));
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod desired;
 pub mod duration;
 pub mod error;
 pub mod expiry;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod key_usage;
 pub mod leader;

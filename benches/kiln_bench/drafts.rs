@@ -47,12 +47,12 @@ impl World {
     }
 }
 
-fn draft_name(i: usize) -> String {
+pub(crate) fn draft_name(i: usize) -> String {
     format!("bench-{i:05}")
 }
 
 /// A valid content draft of about 600 bytes, in the shape of `examples/draft.yaml`.
-fn bench_draft(name: &str, retention: Option<&str>, publish: bool) -> Draft {
+pub(crate) fn bench_draft(name: &str, retention: Option<&str>, publish: bool) -> Draft {
     let config = json!({
         "id": name,
         "type": "content",
@@ -82,7 +82,7 @@ fn bench_draft(name: &str, retention: Option<&str>, publish: bool) -> Draft {
 }
 
 /// Creates `drafts` with at most `in_flight` requests at once; returns how long it took.
-async fn create_drafts(
+pub(crate) async fn create_drafts(
     api: Api<Draft>,
     drafts: Vec<Draft>,
     in_flight: usize,
@@ -104,7 +104,7 @@ async fn create_drafts(
 }
 
 /// Ready, published, and up to date with its spec.
-fn converged(d: &Draft) -> bool {
+pub(crate) fn converged(d: &Draft) -> bool {
     let Some(s) = d.status.as_ref() else {
         return false;
     };
@@ -115,21 +115,21 @@ fn converged(d: &Draft) -> bool {
             .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-enum Seen {
+pub(crate) enum Seen {
     Applied(Box<Draft>),
     Deleted(Box<Draft>),
 }
 
 /// What a watch saw, with when it saw it.
-struct Sighting {
-    at: Instant,
-    wall: Timestamp,
-    seen: Seen,
+pub(crate) struct Sighting {
+    pub(crate) at: Instant,
+    pub(crate) wall: Timestamp,
+    pub(crate) seen: Seen,
 }
 
 /// The benchmark's own watch on the drafts of a namespace: how it observes convergence and
 /// deletions, as a user's tooling would.
-struct DraftWatch {
+pub(crate) struct DraftWatch {
     rx: mpsc::UnboundedReceiver<Sighting>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -142,7 +142,7 @@ impl Drop for DraftWatch {
 
 impl DraftWatch {
     /// Starts watching and returns once the initial list is in.
-    async fn start(api: Api<Draft>) -> anyhow::Result<DraftWatch> {
+    pub(crate) async fn start(api: Api<Draft>) -> anyhow::Result<DraftWatch> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -180,7 +180,7 @@ impl DraftWatch {
         Ok(DraftWatch { rx, task })
     }
 
-    async fn next(&mut self, deadline: Instant) -> Option<Sighting> {
+    pub(crate) async fn next(&mut self, deadline: Instant) -> Option<Sighting> {
         tokio::time::timeout_at(deadline.into(), self.rx.recv())
             .await
             .ok()

@@ -45,15 +45,51 @@ pub fn render_template(
     };
     env.add_template(path, source).map_err(fail)?;
     let template = env.get_template(path).map_err(fail)?;
-    let rendered = template.render(context).map_err(fail)?;
-    if rendered.len() > MAX_RENDER_BYTES {
-        return Err(TemplateError {
-            path: path.to_string(),
-            line: None,
-            detail: format!("rendered output is larger than {MAX_RENDER_BYTES} bytes"),
-        });
+    // The limit is enforced while rendering, not after: fuel bounds the instructions, but one
+    // instruction can emit up to 100 MB (minijinja's cap on `"x" * n`), so a loop well
+    // within the fuel could otherwise build gigabytes before a check at the end saw them.
+    // (Output captured inside the template, by a macro call or `{% set %}` block, is
+    // minijinja's own buffer and not bounded here; docs/reliability.md says so.)
+    let mut out = BoundedOutput::default();
+    let too_large = |line| TemplateError {
+        path: path.to_string(),
+        line,
+        detail: format!("rendered output is larger than {MAX_RENDER_BYTES} bytes"),
+    };
+    match template.render_captured_to(context, &mut out) {
+        Ok(_) => {}
+        Err(e) if out.overflowed => return Err(too_large(e.line())),
+        Err(e) => return Err(fail(e)),
     }
-    Ok(rendered)
+    // minijinja only ever writes whole `str`s, so this cannot fail; checked all the same.
+    String::from_utf8(out.bytes).map_err(|_| TemplateError {
+        path: path.to_string(),
+        line: None,
+        detail: "rendered output is not valid UTF-8".to_string(),
+    })
+}
+
+/// A sink that refuses to grow past [`MAX_RENDER_BYTES`], so a runaway template fails as
+/// soon as its output is too large, holding at most the limit in memory.
+#[derive(Default)]
+struct BoundedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDER_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered output too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `plan.json`: the plan as pretty JSON.
@@ -146,6 +182,34 @@ mod tests {
             &json!({}),
         );
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn output_limit_holds_while_rendering() {
+        // 1,000 × 100 MB within the fuel: before the limit was enforced during rendering,
+        // this built the whole output (100 GB) before checking its size.
+        let err = render_template(
+            "big",
+            "{% for i in range(1000) %}{{ \"x\" * 100000000 }}{% endfor %}",
+            &json!({}),
+        )
+        .unwrap_err();
+        assert!(err.detail.contains("larger than"), "{err}");
+        let err = render_template(
+            "many",
+            "{% for i in range(100000) %}{{ \"y\" * 100 }}{% endfor %}",
+            &json!({}),
+        )
+        .unwrap_err();
+        assert!(err.detail.contains("larger than"), "{err}");
+        // Exactly at the limit is fine.
+        let exact = render_template(
+            "exact",
+            &format!("{{{{ \"z\" * {MAX_RENDER_BYTES} }}}}"),
+            &json!({}),
+        )
+        .unwrap();
+        assert_eq!(exact.len(), MAX_RENDER_BYTES);
     }
 
     #[test]

@@ -19,6 +19,8 @@ const JSON_OVERHEAD: u64 = 64 * 1024;
 /// A batch body may always be this large, even when `max_file_bytes` is small: a batch is
 /// for many small files. Large files go through PUT, which streams.
 const MIN_BATCH_BODY: u64 = 16 * 1024 * 1024;
+/// At most this much is reserved for a JSON body before its bytes arrive.
+const PREALLOCATE_MAX: u64 = 1024 * 1024;
 /// A client that sends nothing for this long loses its request (and the blocking thread an
 /// upload holds).
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -110,7 +112,11 @@ pub(super) async fn read_body(
     {
         return Err(too_large(size));
     }
-    let mut data = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    // `Content-Length` is only a claim: reserving it up front would let headers alone make
+    // the server allocate the whole limit (per request, before a byte arrives), or abort it
+    // when the limit is configured near `u64::MAX`. Found by the file API fuzz target.
+    let reserve = declared.unwrap_or(0).min(PREALLOCATE_MAX);
+    let mut data = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = next_chunk(&mut stream).await? {
         if (data.len() + chunk.len()) as u64 > limit {
@@ -238,6 +244,24 @@ mod tests {
             serde_json::from_str::<FileContent>(r#"{"path":"a","content":"x","encoding":"hex"}"#)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_huge_content_length_reserves_nothing_much() {
+        // Regression (file API fuzz target): with a limit near u64::MAX, a Content-Length of
+        // 8e18 made `read_body` reserve that much and abort the process.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_LENGTH,
+            axum::http::HeaderValue::from(8_311_747_327_983_681_189u64),
+        );
+        let body = Body::from("{}");
+        let read = rt.block_on(read_body(&headers, body, u64::MAX)).unwrap();
+        assert_eq!(read, b"{}");
     }
 
     #[test]

@@ -234,23 +234,23 @@ impl FileApi {
 /// The path parameters of the file routes (`path` only on `files/{*path}`).
 #[derive(Debug, Deserialize)]
 pub struct Params {
-    ns: String,
-    name: String,
+    pub(super) ns: String,
+    pub(super) name: String,
     #[serde(default)]
-    path: Option<String>,
+    pub(super) path: Option<String>,
 }
 
-type PathParams = Result<Path<Params>, PathRejection>;
+pub(super) type PathParams = Result<Path<Params>, PathRejection>;
 
 /// The request's path parameters, or 400 (a percent-encoding that is not UTF-8, say).
-fn params(params: PathParams) -> Result<Params, ApiError> {
+pub(super) fn params(params: PathParams) -> Result<Params, ApiError> {
     params
         .map(|Path(p)| p)
         .map_err(|e| ApiError::validation(e.body_text()))
 }
 
 /// A file's path from the URL or a JSON body, or 400 naming the rule it breaks.
-fn job_path(path: &str) -> Result<JobPath, ApiError> {
+pub(super) fn job_path(path: &str) -> Result<JobPath, ApiError> {
     JobPath::parse(path).map_err(|e| workspace::Error::invalid_path(path, e).into())
 }
 
@@ -570,10 +570,27 @@ pub async fn download(
     };
     // Before answering 304 too: a client holding the archive the status still names must not
     // be told it is current while its files are being replaced.
-    let freshness = api
+    let mut freshness = api
         .workspace
         .archive_freshness(&target.key)
         .map_err(missing.clone())?;
+    if freshness == Freshness::Found {
+        // Found on disk at start-up: served only once its sha256 is the status's (a process
+        // killed between renaming a rebuilt archive into place and writing the status leaves
+        // a newer archive under the older sha256). Hashed once; it is current afterwards.
+        let (ws, key) = (api.workspace.clone(), target.key.clone());
+        let (sha256, location) = (archive.sha256.clone(), archive.location.clone());
+        let on_err = missing.clone();
+        freshness = blocking(move || {
+            ws.verify_found_archive(&key, &sha256, location)
+                .and_then(|_| ws.archive_freshness(&key))
+                .map_err(on_err)
+        })
+        .await?;
+        if freshness == Freshness::Found {
+            freshness = Freshness::Stale;
+        }
+    }
     serves(&freshness, &archive.sha256, &job)?;
     if etag_matches(&headers, &archive.sha256) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());

@@ -6,6 +6,8 @@ mod body;
 pub mod cache;
 pub mod error;
 pub mod files;
+#[cfg(test)]
+mod fuzz;
 mod headers;
 pub mod health;
 pub mod jobs;

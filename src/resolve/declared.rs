@@ -164,7 +164,23 @@ impl<O: Objects> Sources<O> {
             .context
             .clone()
             .unwrap_or_else(|| serde_json::json!({}));
-        Ok(match render_template(&file.path, &text, &context) {
+        // Fuel bounds a render's instructions, not its time: one instruction may copy
+        // megabytes, and a hostile template can keep a core busy for seconds (the template
+        // fuzz target saw tens of seconds in an unoptimised build). On the blocking pool it
+        // cannot stall the runtime's workers, which renew the leader Lease and serve the API.
+        let path = file.path.clone();
+        let rendered =
+            tokio::task::spawn_blocking(move || render_template(&path, &text, &context)).await;
+        let rendered = match rendered {
+            Ok(rendered) => rendered,
+            Err(e) => {
+                return Ok(Err(Problem::TemplateError(format!(
+                    "{}: rendering failed: {e}",
+                    file.path
+                ))));
+            }
+        };
+        Ok(match rendered {
             Ok(text) => Ok(resolved(text.into_bytes())),
             // A parse or render error quotes names and tokens of the template: when the
             // template is a Secret's value, the status and Events must not carry them.

@@ -199,6 +199,61 @@ impl Workspace {
             .ok_or_else(|| Error::JobNotFound { job: job.clone() })
     }
 
+    /// Checks an archive found on disk ([`Freshness::Found`]) against the sha256 the Job's
+    /// status records, and when they agree makes it [`Freshness::Current`] (with `location`,
+    /// the status's), so that it is not hashed again and the download compares sha256s.
+    /// Returns whether the archive is now current under `recorded`; `false` means the caller
+    /// should build it again.
+    ///
+    /// "Newer than every file" is not enough on its own: a process killed after renaming a
+    /// rebuilt archive into place but before the Job's status named it leaves an archive that
+    /// holds the files under a status that names the previous one. Hashing tells the two
+    /// apart, once per archive and process.
+    pub fn verify_found_archive(
+        &self,
+        job: &JobKey,
+        recorded: &str,
+        location: Option<String>,
+    ) -> Result<bool> {
+        let (generation, files_version) = {
+            let st = self.lock();
+            let j = st
+                .jobs
+                .get(job)
+                .ok_or_else(|| Error::JobNotFound { job: job.clone() })?;
+            if j.freshness() != Freshness::Found {
+                return Ok(false);
+            }
+            (j.generation, j.files_version)
+        };
+        let mut open = self.open_archive(job)?;
+        let path = self.archive_path(job);
+        let sha256 = sha256_of(&mut open.file).map_err(io_err("hash", &path))?;
+        if sha256 != recorded {
+            return Ok(false);
+        }
+        let mut st = self.lock();
+        let Some(j) = st.jobs.get_mut(job) else {
+            return Err(Error::JobRemoved { job: job.clone() });
+        };
+        // Only if nothing changed meanwhile: a write or a build since then decides instead.
+        if j.generation != generation || j.files_version != files_version {
+            return Ok(false);
+        }
+        match &mut j.archive {
+            Some(record) if record.built.is_none() => {
+                record.built = Some(ArchiveInfo {
+                    path,
+                    size_bytes: open.size_bytes,
+                    sha256,
+                    location,
+                });
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Opens the job's archive for download, with its [`Freshness`] at that moment (taken
     /// under the lock that a build renames the archive under, so the two describe the same
     /// file). Never follows a symlink.

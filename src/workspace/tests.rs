@@ -1015,6 +1015,53 @@ fn an_archive_found_at_start_up_is_trusted_only_when_newer_than_every_file() {
 }
 
 #[test]
+fn an_archive_found_at_start_up_is_kept_only_under_its_own_sha256() {
+    // A process killed after renaming a rebuilt archive into place, before the Job's status
+    // named it: the archive is newer than every file (Found), but the status still records the
+    // previous build. Found in the fault analysis of docs/reliability.md.
+    let tick = std::time::Duration::from_millis(30);
+    let (d, ws, job) = setup(Limits::default());
+    ws.write(&job, &p("a"), b"one").unwrap();
+    std::thread::sleep(tick);
+    let previous = ws.build_archive(&job).unwrap();
+    std::thread::sleep(tick);
+    ws.write(&job, &p("a"), b"two").unwrap();
+    std::thread::sleep(tick);
+    let rebuilt = ws.build_archive(&job).unwrap();
+    assert_ne!(previous.sha256, rebuilt.sha256);
+    drop(ws);
+    let root = d.path().join("ws");
+    let ws = Workspace::open(&root, Limits::default()).unwrap();
+    assert_eq!(ws.archive_freshness(&job).unwrap(), Freshness::Found);
+
+    // The status names the previous archive: not kept (the caller rebuilds), still Found.
+    assert!(
+        !ws.verify_found_archive(&job, &previous.sha256, None)
+            .unwrap()
+    );
+    assert_eq!(ws.archive_freshness(&job).unwrap(), Freshness::Found);
+
+    // The status names this one: current from now on, compared by sha256.
+    let location = Some("s3://bucket/key".to_owned());
+    assert!(
+        ws.verify_found_archive(&job, &rebuilt.sha256, location.clone())
+            .unwrap()
+    );
+    let Freshness::Current(info) = ws.archive_freshness(&job).unwrap() else {
+        panic!("a verified archive is current");
+    };
+    assert_eq!(info.sha256, rebuilt.sha256);
+    assert_eq!(info.size_bytes, rebuilt.size_bytes);
+    assert_eq!(info.location, location);
+    assert!(!Freshness::Current(info).matches(&previous.sha256));
+    // Nothing left to verify.
+    assert!(
+        !ws.verify_found_archive(&job, &rebuilt.sha256, None)
+            .unwrap()
+    );
+}
+
+#[test]
 fn an_archive_holds_the_version_of_the_files_its_build_started_from() {
     let (_d, ws, job) = setup(Limits::default());
     ws.write(&job, &p("f"), b"one").unwrap();

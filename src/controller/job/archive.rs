@@ -39,6 +39,27 @@ pub async fn ensure(
         let key = key.clone();
         blocking(&ctx.workspace, move |ws| ws.archive_freshness(&key)).await?
     };
+    // An archive found on disk is kept only if it is the one the status names (see
+    // `Workspace::verify_found_archive`); it is then current, and hashed no more.
+    let freshness = match (&freshness, &current.archive) {
+        (Freshness::Found, Some(recorded)) if on_disk && !created => {
+            let (key, sha, location) = (
+                key.clone(),
+                recorded.sha256.clone(),
+                recorded.location.clone(),
+            );
+            let verified = blocking(&ctx.workspace, move |ws| {
+                ws.verify_found_archive(&key, &sha, location)
+            })
+            .await?;
+            if verified {
+                freshness
+            } else {
+                Freshness::Stale
+            }
+        }
+        _ => freshness,
+    };
     if let Some(archive) = keep(job, current, created, on_disk, freshness) {
         return Ok(Ensured {
             archive,
