@@ -52,7 +52,7 @@ fn draft_name(i: usize) -> String {
 }
 
 /// A valid content draft of about 600 bytes, in the shape of `examples/draft.yaml`.
-fn bench_draft(name: &str, retention: Option<&str>, publish: bool) -> Draft {
+pub(crate) fn bench_draft(name: &str, retention: Option<&str>, publish: bool) -> Draft {
     let config = json!({
         "id": name,
         "type": "content",
@@ -115,21 +115,21 @@ fn converged(d: &Draft) -> bool {
             .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-enum Seen {
+pub(crate) enum Seen {
     Applied(Box<Draft>),
     Deleted(Box<Draft>),
 }
 
 /// What a watch saw, with when it saw it.
-struct Sighting {
-    at: Instant,
-    wall: Timestamp,
-    seen: Seen,
+pub(crate) struct Sighting {
+    pub at: Instant,
+    pub wall: Timestamp,
+    pub seen: Seen,
 }
 
 /// The benchmark's own watch on the drafts of a namespace: how it observes convergence and
 /// deletions, as a user's tooling would.
-struct DraftWatch {
+pub(crate) struct DraftWatch {
     rx: mpsc::UnboundedReceiver<Sighting>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -142,7 +142,7 @@ impl Drop for DraftWatch {
 
 impl DraftWatch {
     /// Starts watching and returns once the initial list is in.
-    async fn start(api: Api<Draft>) -> anyhow::Result<DraftWatch> {
+    pub async fn start(api: Api<Draft>) -> anyhow::Result<DraftWatch> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -180,7 +180,7 @@ impl DraftWatch {
         Ok(DraftWatch { rx, task })
     }
 
-    async fn next(&mut self, deadline: Instant) -> Option<Sighting> {
+    pub async fn next(&mut self, deadline: Instant) -> Option<Sighting> {
         tokio::time::timeout_at(deadline.into(), self.rx.recv())
             .await
             .ok()
@@ -760,7 +760,7 @@ pub async fn economy(b: &Bench, _args: &Args, mut world: World) -> anyhow::Resul
 /// Creates `m` drafts whose retentions all end in the same whole second, `target`: each
 /// draft's retention is chosen when it is sent (its `creationTimestamp` is that second,
 /// truncated), so the time creating them takes does not spread their expiries.
-async fn create_expiring_together(
+pub(crate) async fn create_expiring_together(
     api: Api<Draft>,
     m: usize,
     target: Timestamp,
