@@ -84,6 +84,11 @@ hack/object-store.sh build >/dev/null
 step "cargo test"
 cargo test --locked -- --test-threads=4
 
+# Every parser under random and hostile input for a bounded time (docs/reliability.md); the
+# figures of a long run come from `hack/fuzz.sh 600`.
+step "fuzz targets (20 s each)"
+hack/fuzz.sh 20
+
 if [ -x hack/test-argocd-health.sh ]; then
   step "Argo CD health checks (Lua 5.1)"
   hack/test-argocd-health.sh

@@ -122,9 +122,9 @@ pub(crate) enum Seen {
 
 /// What a watch saw, with when it saw it.
 pub(crate) struct Sighting {
-    pub(crate) at: Instant,
-    pub(crate) wall: Timestamp,
-    pub(crate) seen: Seen,
+    pub at: Instant,
+    pub wall: Timestamp,
+    pub seen: Seen,
 }
 
 /// The benchmark's own watch on the drafts of a namespace: how it observes convergence and
@@ -142,7 +142,7 @@ impl Drop for DraftWatch {
 
 impl DraftWatch {
     /// Starts watching and returns once the initial list is in.
-    pub(crate) async fn start(api: Api<Draft>) -> anyhow::Result<DraftWatch> {
+    pub async fn start(api: Api<Draft>) -> anyhow::Result<DraftWatch> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -180,7 +180,7 @@ impl DraftWatch {
         Ok(DraftWatch { rx, task })
     }
 
-    pub(crate) async fn next(&mut self, deadline: Instant) -> Option<Sighting> {
+    pub async fn next(&mut self, deadline: Instant) -> Option<Sighting> {
         tokio::time::timeout_at(deadline.into(), self.rx.recv())
             .await
             .ok()
@@ -760,7 +760,7 @@ pub async fn economy(b: &Bench, _args: &Args, mut world: World) -> anyhow::Resul
 /// Creates `m` drafts whose retentions all end in the same whole second, `target`: each
 /// draft's retention is chosen when it is sent (its `creationTimestamp` is that second,
 /// truncated), so the time creating them takes does not spread their expiries.
-async fn create_expiring_together(
+pub(crate) async fn create_expiring_together(
     api: Api<Draft>,
     m: usize,
     target: Timestamp,

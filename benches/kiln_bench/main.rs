@@ -6,7 +6,11 @@
 //! cargo bench --bench kiln_bench -- --full             # the full sizes
 //! cargo bench --bench kiln_bench -- convergence --n 1000
 //! cargo bench --bench kiln_bench -- upload --full
+//! cargo bench --bench kiln_bench -- peers --full       # vs ESO and the TTL controller
 //! ```
+//!
+//! "Every scenario" leaves out the peers (`peers`, `peers-credentials`, `peers-expiry`):
+//! they run only when named, since their first run builds External Secrets Operator.
 //!
 //! See `benches/README.md` for what each scenario measures and how to read the results.
 //!
@@ -20,10 +24,14 @@ mod support;
 mod archive;
 mod cluster;
 mod drafts;
+mod eso;
 mod faults;
 mod floor;
 mod followers;
 mod object_store;
+mod peers_credentials;
+mod peers_expiry;
+mod peers_math;
 mod report;
 mod upload;
 
@@ -56,6 +64,15 @@ pub enum Scenario {
     /// The operator killed (SIGKILL) at random moments of publishing and of expiry; losses
     /// checked (expected: 0). Not part of the default run: name it.
     Faults,
+    /// Both peers scenarios (run only when named: the first run builds External Secrets
+    /// Operator).
+    Peers,
+    /// N derived Secrets by Kiln and by External Secrets Operator: time to all, rotation
+    /// latency, peak RSS, API requests at rest.
+    PeersCredentials,
+    /// N Drafts (Kiln) and N batch Jobs (Kubernetes' TTL-after-finished controller) due at
+    /// the same instant: the lag of their deletions.
+    PeersExpiry,
 }
 
 /// Kiln's benchmarks. Results go to `benches/results/`.
@@ -109,6 +126,19 @@ pub struct Args {
     #[arg(long)]
     pub upload_mib: Option<u64>,
 
+    /// Objects per operator in the peers scenarios (default 100; 1,000 with `--full`).
+    #[arg(long)]
+    pub peers_n: Option<usize>,
+
+    /// Source Secrets rotated per operator in the credentials peers scenario (default 20;
+    /// 100 with `--full`).
+    #[arg(long)]
+    pub rotations: Option<usize>,
+
+    /// External Secrets Operator's `--concurrent` (default: Kiln's concurrency).
+    #[arg(long)]
+    pub eso_concurrent: Option<u16>,
+
     /// Repetitions of each archive build and of each upload run (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
@@ -156,6 +186,13 @@ impl Args {
     pub fn followers(&self) -> usize {
         self.n.unwrap_or(if self.full { 50 } else { 10 })
     }
+    /// Objects per operator in the peers scenarios.
+    pub fn peer_objects(&self) -> usize {
+        self.peers_n.unwrap_or(if self.full { 1000 } else { 100 })
+    }
+    pub fn rotations(&self) -> usize {
+        self.rotations.unwrap_or(if self.full { 100 } else { 20 })
+    }
     pub fn in_flight(&self, n: usize) -> usize {
         if self.concurrency == 0 {
             n.max(1)
@@ -201,8 +238,23 @@ fn main() -> anyhow::Result<()> {
     } else {
         args.scenarios.clone()
     };
+    if let Some(i) = scenarios.iter().position(|s| *s == Scenario::Peers) {
+        scenarios.splice(i..=i, [Scenario::PeersCredentials, Scenario::PeersExpiry]);
+    }
     scenarios.sort();
     scenarios.dedup();
+    if scenarios.contains(&Scenario::PeersExpiry) {
+        // The TTL-after-finished controller is the expiry scenario's peer.
+        let mut extra = std::env::var("KILN_CP_EXTRA_CONTROLLERS").unwrap_or_default();
+        if !extra.split(',').any(|c| c == peers_expiry::TTL_CONTROLLER) {
+            if !extra.is_empty() {
+                extra.push(',');
+            }
+            extra.push_str(peers_expiry::TTL_CONTROLLER);
+            // SAFETY: no other thread exists yet (the runtime is built below).
+            unsafe { std::env::set_var("KILN_CP_EXTRA_CONTROLLERS", extra) };
+        }
+    }
     std::fs::create_dir_all(&args.out)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -261,6 +313,9 @@ async fn run(args: &Args, scenarios: &[Scenario]) -> anyhow::Result<()> {
             (Scenario::ObjectStore, Some(b)) => object_store::run(b, args).await?,
             (Scenario::Followers, Some(b)) => followers::run(b, args).await?,
             (Scenario::Faults, Some(b)) => faults::run(b, args).await?,
+            (Scenario::PeersCredentials, Some(b)) => peers_credentials::run(b, args).await?,
+            (Scenario::PeersExpiry, Some(b)) => peers_expiry::run(b, args).await?,
+            (Scenario::Peers, Some(_)) => unreachable!("expanded into its two scenarios"),
         };
         // The converged world's operator is only kept for the economy scenario.
         if *scenario != Scenario::Convergence
